@@ -1,0 +1,54 @@
+"""What every entry point shares: tracking set-up, the run context, user-facing errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+import mlflow
+
+from voltmodels.config import VoltmodelsError, default_tracking_uri
+
+EXPERIMENT = "voltmodels"
+STEP_TAG = "voltmodels.step"
+PROFILES = ("quick", "paper")
+
+
+def setup_tracking() -> None:
+    mlflow.set_tracking_uri(default_tracking_uri())
+    # `mlflow run` has already chosen the experiment and created the run; standalone calls use ours.
+    if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_NAME") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(EXPERIMENT)
+
+
+@contextlib.contextmanager
+def step_run(step: str, params: dict | None = None, nested: bool = False, run_name: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or join, under `mlflow run`) the step's run, tag it and log its params."""
+    if not nested:
+        setup_tracking()
+    with mlflow.start_run(nested=nested, run_name=run_name) as run:
+        mlflow.set_tag(STEP_TAG, step)
+        if params:
+            mlflow.log_params({k: v for k, v in params.items() if v is not None})
+        yield run
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise VoltmodelsError(f"Unknown profile {profile!r}; use quick or paper.")
+    return profile
+
+
+def main_guard(func):
+    """Run an entry point; a VoltmodelsError becomes one sentence on stderr and exit status 2."""
+
+    def wrapper(argv=None):
+        try:
+            return func(argv)
+        except VoltmodelsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

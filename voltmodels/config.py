@@ -1,0 +1,54 @@
+"""Where things live: snapshot, caches, tracking store.
+
+Every location can be overridden by an environment variable so that the same code runs in a
+checkout, in CI and on a shared tracking server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SNAPSHOT_ENV = "VOLTMODELS_SNAPSHOT"
+CACHE_ENV = "VOLTMODELS_CACHE"
+
+#: Ions present in the MP insertion-electrode data, Li first (the transfer source).
+SUPPORTED_IONS = ("Li", "Mg", "Ca", "Zn", "Al", "Na", "K", "Y", "Rb", "Cs")
+
+
+class VoltmodelsError(Exception):
+    """An error caused by the user's input; its message is one sentence meant for the user."""
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """Disk cache for graphs and composition features, shared by all entry points."""
+    path = Path(os.environ.get(CACHE_ENV) or project_root() / ".voltmodels_cache")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_snapshot(path: str | os.PathLike | None) -> Path | None:
+    """The snapshot folder from an explicit path, else from $VOLTMODELS_SNAPSHOT, else None."""
+    value = str(path) if path else os.environ.get(SNAPSHOT_ENV, "")
+    return Path(value).expanduser().resolve() if value else None
+
+
+def default_tracking_uri() -> str:
+    """Embedded SQLite store in the project directory unless MLFLOW_TRACKING_URI says otherwise."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def set_torch_threads(n: int | None = None) -> None:
+    """Pin torch's thread pools: unpinned, several processes on 2 cores stall each other badly."""
+    import torch
+
+    n = n or int(os.environ.get("VOLTMODELS_TORCH_THREADS", "0")) or max(1, (os.cpu_count() or 2))
+    torch.set_num_threads(n)
+    try:
+        torch.set_interop_threads(1)
+    except RuntimeError:  # already set once in this process
+        pass

@@ -1,0 +1,140 @@
+"""The curated dataset: a versioned folder of tables + structures, stored as MLflow run artifacts.
+
+Layout of a dataset folder (the `dataset/` artifact of a curate run):
+    electrodes.csv        curated rows, with split_random / split_framework
+    structures.json.gz    {id_discharge: compact structure}
+    dropped.csv           every dropped row and the rule that dropped it
+    counts.csv            per-ion counts raw / after each rule / per split
+    manifest.json         source, curation params, digest
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+from pymatgen.core import Structure
+
+from voltmodels.config import VoltmodelsError
+from voltmodels.data.curation import SPLIT_STRATEGIES, CurationResult, assign_splits
+from voltmodels.data.structures import parse_structure, structure_to_compact
+
+ELECTRODES = "electrodes.csv"
+STRUCTURES = "structures.json.gz"
+DROPPED = "dropped.csv"
+COUNTS = "counts.csv"
+MANIFEST = "manifest.json"
+ARTIFACT_PATH = "dataset"
+CURATE_STEP = "curate"
+
+
+def _digest(table_csv: bytes, structures_json: bytes) -> str:
+    return hashlib.sha256(table_csv + b"\0" + structures_json).hexdigest()[:16]
+
+
+def save_dataset(result: CurationResult, folder: Path, source: str) -> str:
+    """Write the curated dataset; returns its digest (equal for equal content, whatever the run)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table_csv = result.table.to_csv(index=False, float_format="%.10g").encode()
+    compact = {mid: structure_to_compact(s) for mid, s in sorted(result.structures.items())}
+    structures_json = json.dumps(compact, sort_keys=True, separators=(",", ":")).encode()
+    digest = _digest(table_csv, structures_json)
+    (folder / ELECTRODES).write_bytes(table_csv)
+    # mtime=0 keeps the gzip bytes identical across reruns.
+    with gzip.GzipFile(folder / STRUCTURES, "wb", mtime=0) as fh:
+        fh.write(structures_json)
+    result.dropped.to_csv(folder / DROPPED, index=False)
+    result.counts.to_csv(folder / COUNTS)
+    manifest = {"digest": digest, "source": source, "params": result.params.to_dict(), "n_electrodes": len(result.table)}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return digest
+
+
+@dataclass
+class CuratedDataset:
+    folder: Path
+
+    @cached_property
+    def manifest(self) -> dict:
+        return json.loads((self.folder / MANIFEST).read_text())
+
+    @property
+    def digest(self) -> str:
+        return self.manifest["digest"]
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        return pd.read_csv(self.folder / ELECTRODES)
+
+    @cached_property
+    def structures(self) -> dict[str, Structure]:
+        with gzip.open(self.folder / STRUCTURES, "rt") as fh:
+            compact = json.load(fh)
+        return {mid: parse_structure(value) for mid, value in compact.items()}
+
+    @property
+    def ions(self) -> list[str]:
+        return sorted(self.table["working_ion"].unique())
+
+    def rows(self, ion: str) -> pd.DataFrame:
+        rows = self.table[self.table["working_ion"] == ion]
+        if rows.empty:
+            raise VoltmodelsError(f"The dataset {self.digest} has no electrodes for working ion {ion!r}; it has {', '.join(self.ions)}.")
+        return rows.reset_index(drop=True)
+
+    def split(self, ion: str, strategy: str = "random", repeat: int = 0) -> pd.DataFrame:
+        """The ion's rows with a `split` column; repeat 0 is the curated split, repeat k reseeds it."""
+        rows = self.rows(ion)
+        if strategy not in SPLIT_STRATEGIES:
+            raise VoltmodelsError(f"Unknown split strategy {strategy!r}; use one of {', '.join(SPLIT_STRATEGIES)}.")
+        if repeat == 0:
+            labels = rows[f"split_{strategy}"]
+        else:
+            params = self.manifest["params"]
+            labels = assign_splits(rows, strategy, params["seed"] + 1000 * repeat, tuple(params["fractions"]))
+        return rows.assign(split=labels.to_numpy())
+
+
+def load_dataset(reference: str | None = None) -> CuratedDataset:
+    """A curated dataset from a folder path, a curate run id, or (None/'latest') the latest finished curate run."""
+    if reference and reference != "latest" and Path(reference).expanduser().is_dir():
+        folder = Path(reference).expanduser().resolve()
+        if (folder / ARTIFACT_PATH / MANIFEST).is_file():
+            folder = folder / ARTIFACT_PATH
+        if not (folder / MANIFEST).is_file():
+            raise VoltmodelsError(f"{folder} is not a curated dataset folder (no {MANIFEST}).")
+        return CuratedDataset(folder)
+    import mlflow
+
+    from voltmodels.config import cache_dir
+
+    run_id = reference if reference and reference != "latest" else latest_curate_run_id()
+    # Runs are immutable once finished, so a downloaded copy is reused by every later step.
+    local_copy = cache_dir() / "datasets" / run_id / ARTIFACT_PATH
+    if (local_copy / MANIFEST).is_file():
+        return CuratedDataset(local_copy)
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_PATH, dst_path=str(local_copy.parent))
+    except Exception as exc:  # MLflow raises different types per store for unknown runs
+        raise VoltmodelsError(f"Dataset {reference!r} is neither a dataset folder nor a curate run with a dataset artifact ({exc}).") from exc
+    return CuratedDataset(Path(local))
+
+
+def latest_curate_run_id() -> str:
+    import mlflow
+
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`voltmodels.step` = '{CURATE_STEP}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        raise VoltmodelsError("No finished curate run in the tracking store; run `mlflow run . -e curate` first or pass -P dataset=PATH.")
+    return runs[0].info.run_id

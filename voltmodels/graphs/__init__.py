@@ -1,0 +1,31 @@
+"""Crystal graphs for CGCNN: element encoding, structure -> graph featurisation with a disk cache, batching."""
+
+from voltmodels.graphs.batch import GraphBatch, collate, gaussian_expand
+from voltmodels.graphs.encoding import ATOM_FEATURE_LEN, SUPPORTED_ELEMENTS, element_feature_table
+from voltmodels.graphs.featurize import (
+    CrystalGraph,
+    FeaturizeResult,
+    GraphCache,
+    GraphError,
+    GraphSettings,
+    structure_digest,
+    structure_from_any,
+    structure_to_graph,
+)
+
+__all__ = [
+    "ATOM_FEATURE_LEN",
+    "SUPPORTED_ELEMENTS",
+    "CrystalGraph",
+    "FeaturizeResult",
+    "GraphBatch",
+    "GraphCache",
+    "GraphError",
+    "GraphSettings",
+    "collate",
+    "element_feature_table",
+    "gaussian_expand",
+    "structure_digest",
+    "structure_from_any",
+    "structure_to_graph",
+]

@@ -1,0 +1,166 @@
+"""Training loop for CGCNN: MSE loss, MAE metric, early stopping, best-epoch checkpoint.
+
+MLflow is not imported here: callers pass `on_epoch` to log or prune.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from voltmodels.graphs.batch import collate
+from voltmodels.graphs.featurize import CrystalGraph, GraphSettings
+from voltmodels.model import CGCNN
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    patience: int = 40  # epochs without validation improvement before stopping
+    seed: int = 0
+    #: "all" trains everything; "head" trains only the hidden FC + output layers (frozen body).
+    trainable: str = "all"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GraphSet:
+    """Graphs with their targets and row ids, in one fixed order."""
+
+    graphs: list[CrystalGraph]
+    targets: np.ndarray
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+
+@dataclass
+class TrainResult:
+    model: CGCNN  # at its best validation epoch
+    best_epoch: int
+    best_val_mae: float
+    history: list[dict] = field(default_factory=list)
+    seconds_per_epoch: float = 0.0
+    stopped_early: bool = False
+
+
+class Pruned(Exception):
+    """Raised by an `on_epoch` callback to abandon training (Optuna pruning)."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def iterate_batches(data: GraphSet, settings: GraphSettings, batch_size: int, rng: np.random.Generator | None = None):
+    order = rng.permutation(len(data)) if rng is not None else np.arange(len(data))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if rng is not None and len(idx) < 2:
+            continue  # BatchNorm needs two samples; a lone leftover is skipped this epoch
+        yield collate([data.graphs[i] for i in idx], settings), torch.as_tensor(data.targets[idx], dtype=torch.float32)
+
+
+@torch.no_grad()
+def predict(model: CGCNN, data: GraphSet, settings: GraphSettings, batch_size: int = 256) -> np.ndarray:
+    """Predicted volts for every graph, in order."""
+    model.eval()
+    out = [model.predict_volts(batch).numpy() for batch, _ in iterate_batches(data, settings, batch_size)]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _set_train_mode(model: CGCNN, trainable: str) -> None:
+    model.train()
+    if trainable == "head":
+        # A frozen body is a fixed feature extractor: keep its BatchNorm statistics from the source task.
+        for name, module in model.named_children():
+            if name not in CGCNN.HEAD_LAYERS:
+                module.eval()
+
+
+def train(
+    model: CGCNN,
+    train_set: GraphSet,
+    val_set: GraphSet,
+    settings: GraphSettings,
+    config: TrainConfig,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    progress: bool = True,
+    fit_scaler: bool = True,
+) -> TrainResult:
+    """Train on standardized targets; keep the weights of the best validation-MAE epoch."""
+    seed_everything(config.seed)
+    if fit_scaler:
+        model.set_target_scaler(train_set.targets.mean(), train_set.targets.std())
+    if config.trainable == "head":
+        model.freeze_body()
+    else:
+        for param in model.parameters():
+            param.requires_grad = True
+    model.local_head.requires_grad_(False)  # trained separately, for interpretation only
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=max(3, config.patience // 4))
+    loss_fn = nn.MSELoss()
+    mean, std = float(model.target_mean), float(model.target_std)
+    rng = np.random.default_rng(config.seed)
+    best = TrainResult(model=copy.deepcopy(model), best_epoch=-1, best_val_mae=float("inf"))
+    history, epoch_times = [], []
+    bar = tqdm(range(config.epochs), desc="epochs", disable=not progress, leave=False)
+    for epoch in bar:
+        started = time.perf_counter()
+        _set_train_mode(model, config.trainable)
+        total_loss, total_abs, n = 0.0, 0.0, 0
+        for batch, target in iterate_batches(train_set, settings, config.batch_size, rng):
+            pred = model(batch)
+            loss = loss_fn(pred, (target - mean) / std)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss) * len(target)
+            total_abs += float((pred.detach() * std + mean - target).abs().sum())
+            n += len(target)
+        epoch_times.append(time.perf_counter() - started)
+        val_mae = float(np.mean(np.abs(predict(model, val_set, settings) - val_set.targets)))
+        scheduler.step(val_mae)
+        metrics = {"train_loss": total_loss / max(n, 1), "train_mae": total_abs / max(n, 1), "val_mae": val_mae}
+        history.append({"epoch": epoch, **metrics})
+        if val_mae < best.best_val_mae:
+            best.model, best.best_epoch, best.best_val_mae = copy.deepcopy(model), epoch, val_mae
+        bar.set_postfix(val_mae=f"{val_mae:.3f}", best=f"{best.best_val_mae:.3f}")
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)  # may raise Pruned
+        if epoch - best.best_epoch >= config.patience:
+            best.stopped_early = True
+            break
+    best.history = history
+    best.seconds_per_epoch = float(np.mean(epoch_times)) if epoch_times else 0.0
+    best.model.eval()
+    return best
+
+
+def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict[str, float]:
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    err = y_pred - y_true
+    ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
+    return {
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
+    }

@@ -48,7 +48,9 @@ def set_torch_threads(n: int | None = None) -> None:
 
     n = n or int(os.environ.get("VOLTMODELS_TORCH_THREADS", "0")) or max(1, (os.cpu_count() or 2))
     torch.set_num_threads(n)
+    set_interop = getattr(torch, "set_num_interop_threads", None)
     try:
-        torch.set_interop_threads(1)
-    except RuntimeError:  # already set once in this process
+        if set_interop is not None:
+            set_interop(1)
+    except RuntimeError:  # may only be set once per process, before any parallel work
         pass

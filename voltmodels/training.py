@@ -133,7 +133,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(target)
+            total_loss += loss.item() * len(target)
             total_abs += float((pred.detach() * std + mean - target).abs().sum())
             n += len(target)
         epoch_times.append(time.perf_counter() - started)
@@ -164,3 +164,50 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
         "rmse": float(np.sqrt((err**2).mean())),
         "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
     }
+
+
+@torch.no_grad()
+def fit_local_head(model: CGCNN, data: GraphSet, settings: GraphSettings, ridge: float = 1e-3) -> float:
+    """Fit the paper's Eq. 2 local-voltage head with the body frozen; returns its train MAE in volts.
+
+    The crystal voltage is the mean of per-atom linear outputs, and the mean of a linear map is the
+    linear map of the mean, so the head is exactly a ridge regression of the standardized targets
+    on the mean-pooled last-convolution vectors: closed form, no extra training epochs.
+    """
+    from voltmodels.model import crystal_mean
+
+    model.eval()
+    pooled = []
+    for batch, _ in iterate_batches(data, settings, 256):
+        pooled.append(crystal_mean(model.atom_vectors(batch), batch.crystal_index, batch.n_crystals))
+    x = torch.cat(pooled).double()
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    y = ((torch.as_tensor(data.targets) - model.target_mean) / model.target_std).double().unsqueeze(1)
+    gram = x1.T @ x1 + ridge * torch.eye(x1.shape[1], dtype=x.dtype)
+    coef = torch.linalg.solve(gram, x1.T @ y).squeeze(1)
+    model.local_head.weight.copy_(coef[:-1].float().unsqueeze(0))
+    model.local_head.bias.copy_(coef[-1:].float())
+    fitted = (x1 @ coef).float() * model.target_std + model.target_mean
+    return float((fitted - torch.as_tensor(data.targets)).abs().mean())
+
+
+def build_graph_sets(rows, graphs: dict, split_column: str = "split") -> dict[str, GraphSet]:
+    """GraphSets per split from rows with `id_discharge`, `average_voltage` and a split column."""
+    sets = {}
+    for part in ("train", "val", "test"):
+        sub = rows[(rows[split_column] == part) & rows["id_discharge"].isin(list(graphs))]
+        sets[part] = GraphSet(
+            graphs=[graphs[m] for m in sub["id_discharge"]],
+            targets=sub["average_voltage"].to_numpy(dtype=np.float32),
+            ids=list(sub["battery_id"]),
+        )
+    return sets
+
+
+def conformal_halfwidth(val_true: np.ndarray, val_pred: np.ndarray, coverage: float = 0.9) -> float:
+    """Split-conformal half-width: the ceil((n+1)coverage)-th smallest absolute validation residual."""
+    residuals = np.sort(np.abs(np.asarray(val_pred) - np.asarray(val_true)))
+    if len(residuals) == 0:
+        return float("nan")
+    k = min(len(residuals) - 1, int(np.ceil((len(residuals) + 1) * coverage)) - 1)
+    return float(residuals[k])

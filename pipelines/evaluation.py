@@ -1,0 +1,68 @@
+"""Evaluate a trained CGCNN, log its plots and pyfunc, register it: shared by train_li and transfer."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from serving.cgcnn_model import log_cgcnn_model
+from voltmodels import plots
+from voltmodels import registry
+from voltmodels.training import conformal_halfwidth, fit_local_head, predict, regression_metrics
+from voltmodels.model import save_checkpoint
+
+
+def input_example(dataset, rows: pd.DataFrame, ion: str, n: int = 2) -> pd.DataFrame:
+    """Real discharged structures of the ion as CIF text: the signature's example request."""
+    ids = rows["id_discharge"].head(n)
+    return pd.DataFrame({"structure": [dataset.structures[m].to(fmt="cif") for m in ids], "working_ion": ion})
+
+
+def evaluate(model, sets, settings) -> tuple[dict, dict]:
+    """Metrics per split (`<split>_mae`...) and (true, predicted) pairs for plots."""
+    metrics, pairs = {}, {}
+    for part, data in sets.items():
+        if len(data) == 0:
+            continue
+        pred = predict(model, data, settings)
+        pairs[part] = (data.targets, pred)
+        metrics.update({f"{part}_{k}": v for k, v in regression_metrics(data.targets, pred).items()})
+    return metrics, pairs
+
+
+def log_final_model(model, ion, sets, settings, dataset, rows, register: bool = True, tags: dict | None = None, method: str = "cgcnn") -> str | None:
+    """Log metrics, parity plot and the pyfunc of `model`; register it as voltage-cgcnn-<ion>."""
+    local_head_mae = fit_local_head(model, sets["train"], settings)
+    metrics, pairs = evaluate(model, sets, settings)
+    halfwidth = conformal_halfwidth(*pairs["val"])
+    test_true, test_pred = pairs["test"]
+    coverage = float(np.mean(np.abs(test_pred - test_true) <= halfwidth))
+    metrics.update({"conformal_halfwidth": halfwidth, "test_interval_coverage": coverage, "local_head_train_mae": local_head_mae})
+    mlflow.log_metrics(metrics)
+    fig = plots.parity_plot(pairs, f"{ion} {method}")
+    mlflow.log_figure(fig, f"parity_{ion}_{method}.png")
+    plots.close(fig)
+    name = registry.cgcnn_name(ion)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / "checkpoint.pt"
+        save_checkpoint(model, checkpoint, settings.to_dict(), {"ion": ion, "conformal_halfwidth": halfwidth, "dataset_digest": dataset.digest, "method": method})
+        info = log_cgcnn_model(str(checkpoint), ion, input_example(dataset, rows, ion), name, registry.next_version(name) if register else "")
+    mlflow.log_metrics({k: v for k, v in metrics.items()}, model_id=info.model_id)
+    if not register:
+        return None
+    version_tags = {
+        "ion": ion,
+        "method": method,
+        "dataset_digest": dataset.digest,
+        "test_mae": f"{metrics['test_mae']:.4f}",
+        "test_interval_coverage": f"{coverage:.3f}",
+        "run_id": mlflow.active_run().info.run_id,
+        **{k: str(v) for k, v in (tags or {}).items()},
+    }
+    version, promoted = registry.register(info.model_uri, name, metrics["val_mae"], version_tags)
+    mlflow.set_tags({"registered_model": name, "registered_version": version, "became_champion": str(promoted).lower()})
+    return version

@@ -1,0 +1,1 @@
+"""Served models: structure-in, voltage-out pyfuncs and the per-ion router."""

@@ -1,0 +1,62 @@
+"""Validation of prediction requests, shared by every served model.
+
+A request is a DataFrame with `structure` (CIF text or pymatgen Structure JSON) and `working_ion`.
+Every bad row is reported in one message that names the row and the reason; MLflow's scoring server
+turns the INVALID_PARAMETER_VALUE error into HTTP 400 and keeps serving.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from pymatgen.core import Structure
+
+from voltmodels.config import VoltmodelsError
+from voltmodels.data.structures import parse_structure
+
+REQUIRED_COLUMNS = ("structure", "working_ion")
+#: Largest cell accepted (sites). The curated data tops out at 174 sites; 500 keeps one request's
+#: featurization well under a second while allowing supercells a user might paste.
+MAX_SITES = 500
+
+
+def invalid(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def check_columns(frame: pd.DataFrame) -> None:
+    if not isinstance(frame, pd.DataFrame):
+        raise invalid(f"Input must be a table with columns {', '.join(REQUIRED_COLUMNS)}.")
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise invalid(
+            f"Input lacks column(s) {', '.join(missing)}; expected columns {', '.join(REQUIRED_COLUMNS)}, got {', '.join(map(str, frame.columns)) or 'none'}."
+        )
+    if frame.empty:
+        raise invalid("Input has no rows.")
+
+
+def parse_rows(frame: pd.DataFrame, supported_ions: Iterable[str]) -> list[tuple[Structure, str]]:
+    """Structures and ions for every row, or one error naming every bad row and why."""
+    check_columns(frame)
+    supported = sorted(set(supported_ions))
+    parsed, problems = [], []
+    for row, (raw, ion) in enumerate(zip(frame["structure"], frame["working_ion"])):
+        try:
+            ion = str(ion).strip()
+            if ion not in supported:
+                raise VoltmodelsError(f"working_ion {ion!r} is not supported (supported: {', '.join(supported)})")
+            structure = parse_structure(raw)
+            if len(structure) > MAX_SITES:
+                raise VoltmodelsError(f"the cell has {len(structure)} sites, above the limit of {MAX_SITES}")
+            if not structure.is_ordered:
+                raise VoltmodelsError("the structure has partial occupancies; give an ordered structure")
+            parsed.append((structure, ion))
+        except VoltmodelsError as exc:
+            problems.append(f"row {row}: {exc}")
+    if problems:
+        raise invalid("Invalid input: " + "; ".join(problems) + ".")
+    return parsed

@@ -1,0 +1,80 @@
+"""Optuna search over CGCNN hyperparameters; profiles that size the work.
+
+The study is plain Optuna (TPE + median pruning on per-epoch validation MAE) with any RDB storage,
+so several processes can share one study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+
+from voltmodels.config import VoltmodelsError
+from voltmodels.model import CGCNNConfig
+from voltmodels.training import TrainConfig
+
+
+@dataclass(frozen=True)
+class Profile:
+    n_trials: int
+    epochs: int  # per trial
+    patience: int
+    n_repeats: int  # seeded splits for small-data statistics (transfer, baselines)
+    transfer_epochs: int
+
+
+PROFILES = {
+    # CI: minutes on 2 cores, exercises every code path.
+    "quick": Profile(n_trials=2, epochs=3, patience=3, n_repeats=2, transfer_epochs=5),
+    # The real numbers.
+    "paper": Profile(n_trials=12, epochs=150, patience=30, n_repeats=5, transfer_epochs=200),
+}
+
+#: Defaults from the reference CGCNN / the paper (used as the first trial).
+DEFAULT_PARAMS = {"learning_rate": 2e-3, "weight_decay": 1e-5, "atom_fea_len": 64, "n_conv": 3, "h_fea_len": 128, "batch_size": 64}
+
+
+def profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise VoltmodelsError(f"Unknown profile {name!r}; use {' or '.join(PROFILES)}.")
+    return PROFILES[name]
+
+
+def suggest(trial: optuna.Trial) -> dict:
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 3e-4, 1e-2, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True),
+        "atom_fea_len": trial.suggest_categorical("atom_fea_len", [32, 64, 96]),
+        "n_conv": trial.suggest_int("n_conv", 2, 5),
+        "h_fea_len": trial.suggest_categorical("h_fea_len", [64, 128, 256]),
+        "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
+    }
+
+
+def configs_from_params(params: dict, epochs: int, patience: int, seed: int, edge_fea_len: int) -> tuple[CGCNNConfig, TrainConfig]:
+    model = CGCNNConfig(atom_fea_len=int(params["atom_fea_len"]), n_conv=int(params["n_conv"]), h_fea_len=int(params["h_fea_len"]), edge_fea_len=edge_fea_len)
+    train = TrainConfig(
+        epochs=epochs,
+        learning_rate=float(params["learning_rate"]),
+        weight_decay=float(params["weight_decay"]),
+        batch_size=int(params["batch_size"]),
+        patience=patience,
+        seed=seed,
+    )
+    return model, train
+
+
+def create_study(name: str, storage: str | None, seed: int) -> optuna.Study:
+    """Create or join a study; a fresh one starts with the reference defaults as its first trial."""
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=10),
+        load_if_exists=True,
+    )
+    if not study.trials:
+        study.enqueue_trial(DEFAULT_PARAMS, skip_if_exists=True)
+    return study

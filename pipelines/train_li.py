@@ -83,7 +83,7 @@ def make_objective(sets, settings: GraphSettings, epochs: int, patience: int, se
 
 def run_workers(study, objective, args, total_trials: int, timeout: float | None) -> None:
     """Work on the study here and in n_workers - 1 extra processes; trials stop at `total_trials`."""
-    threads = max(1, (os.cpu_count() or 2) // max(1, args.n_workers))
+    threads = int(os.environ.get("VOLTMODELS_TORCH_THREADS") or 0) or max(1, (os.cpu_count() or 2) // max(1, args.n_workers))
     workers = []
     for _ in range(max(0, args.n_workers - 1)):
         cmd = [sys.executable, "-m", "pipelines.train_li", "--worker", "--dataset", args.dataset_resolved, "--profile", args.profile,

@@ -406,7 +406,8 @@ class GraphCache:
                 graphs.update(self._read_shard(name))
             except FileNotFoundError:  # another process compacted it meanwhile
                 continue
-        self._write_shard(graphs)
+        if graphs:
+            self._write_shard(graphs)
         for name in small:
             try:
                 (self.directory / name).unlink()
@@ -467,20 +468,23 @@ class GraphCache:
         return found
 
     def _refresh_index(self) -> None:
+        """Sync the digest -> (shard, position) index with the shard files other processes may add or merge."""
         names = {p.name for p in self.directory.glob("shard-*.npz")}
         removed = self._shard_digests.keys() - names
+        added = sorted(names - self._shard_digests.keys())
+        if not removed and not added:
+            return
         for name in removed:
             del self._shard_digests[name]
-        for name in sorted(names - self._shard_digests.keys()):
+        for name in added:
             try:
                 with np.load(self.directory / name) as shard:
                     self._shard_digests[name] = shard["digests"]
             except FileNotFoundError:
                 continue
-            except Exception:  # unreadable shard (e.g. truncated by a full disk): skip it, recompute
+            except Exception:  # unreadable (e.g. truncated by a full disk): skip it, its graphs get recomputed
                 warnings.warn(f"ignoring unreadable graph cache file {self.directory / name}", stacklevel=2)
                 self._shard_digests[name] = np.array([], dtype="S32")
-                continue
         self._index = {
             digest.decode(): (name, position)
             for name, shard_digests in self._shard_digests.items()

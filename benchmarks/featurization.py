@@ -8,8 +8,8 @@ Usage: python benchmarks/featurization.py [--snapshot DIR] [--sample 300] [--n-j
   which favours the reference.)
 * voltmodels single core: ``structure_to_graph`` on the same sample (same work, same core count).
 * voltmodels snapshot: ``GraphCache.get_many`` on all structures, cold cache in a temporary folder,
-  ``--n-jobs`` worker processes, including hashing, process start-up and writing the cache; then the
-  warm-cache load of all graphs by a fresh GraphCache.
+  in this process (n_jobs=1) and with ``--n-jobs`` worker processes, including hashing, process
+  start-up and writing the cache; then the warm-cache load of all graphs by a fresh GraphCache.
 
 Structures are parsed once up front (both approaches start from pymatgen Structures); parsing time is
 reported on its own line.
@@ -56,7 +56,9 @@ def reference_neighbors(structure, radius: float, max_num_nbr: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--snapshot", default=None, help="snapshot folder (default: $VOLTMODELS_SNAPSHOT or ../shared/data)")
+    parser.add_argument(
+        "--snapshot", default=None, help="snapshot folder (default: $VOLTMODELS_SNAPSHOT or ../shared/data)"
+    )
     parser.add_argument("--sample", type=int, default=300, help="structures timed with the reference approach")
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -65,9 +67,13 @@ def main() -> None:
     snapshot = resolve_snapshot(args.snapshot) or (project_root().parent / "shared" / "data").resolve()
     from pymatgen.core import Structure
 
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"cpu_count={os.cpu_count()}, python {platform.python_version()}, torch {torch.__version__}, "
-          f"numpy {np.__version__}")
+    print(
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"cpu_count={os.cpu_count()}, python {platform.python_version()}, torch {torch.__version__}, "
+        f"numpy {np.__version__}"
+    )
+    # The cores may be shared: a load average above the core count means the timings below are inflated.
+    print("load average (1, 5, 15 min) before: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     settings = GraphSettings()
     print(f"settings: {settings.to_dict()}; snapshot: {snapshot / COMPACT_FILE}")
 
@@ -99,6 +105,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
+        GraphCache(tmp, settings).get_many(structures, n_jobs=1, progress=False)
+        cold_serial_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
         cold = GraphCache(tmp, settings).get_many(structures, n_jobs=args.n_jobs, progress=False)
         cold_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -114,18 +124,22 @@ def main() -> None:
     per_single = ours_single_s / len(sample)
     extrapolated_ref = per_ref * n_total
     n_edges = sum(g.n_edges for g in cold.graphs.values())
+    def row(approach: str, structures: str, seconds: float, n: int, whole: str, speedup: str) -> tuple:
+        return approach, structures, f"{seconds:.2f} s", f"{n / seconds:.0f}", whole, speedup
+
     rows = [
-        ("reference CGCNN (get_all_neighbors + sort), 1 core", f"{len(sample)} sampled",
-         f"{reference_s:.1f} s", f"{len(sample) / reference_s:.0f}", f"{extrapolated_ref:.0f} s (extrapolated)", "1.0x"),
-        ("voltmodels structure_to_graph, 1 core", f"same {len(sample)}",
-         f"{ours_single_s:.2f} s", f"{len(sample) / ours_single_s:.0f}", f"{per_single * n_total:.1f} s (extrapolated)",
-         f"{per_ref / per_single:.1f}x"),
-        (f"voltmodels GraphCache.get_many, cold, n_jobs={args.n_jobs}", f"all {n_total}",
-         f"{cold_s:.1f} s", f"{n_total / cold_s:.0f}", f"{cold_s:.1f} s (measured)", f"{extrapolated_ref / cold_s:.1f}x"),
-        ("voltmodels GraphCache.get_many, warm (Structures in)", f"all {n_total}",
-         f"{warm_s:.2f} s", f"{n_total / warm_s:.0f}", f"{warm_s:.2f} s (measured)", "-"),
-        ("voltmodels GraphCache.get_many, warm (compact dicts in, incl. parsing)", f"all {n_total}",
-         f"{warm_compact_s:.2f} s", f"{n_total / warm_compact_s:.0f}", f"{warm_compact_s:.2f} s (measured)", "-"),
+        row("reference CGCNN (get_all_neighbors + sort), 1 core", f"{len(sample)} sampled", reference_s,
+            len(sample), f"{extrapolated_ref:.0f} s (extrapolated)", "1.0x"),
+        row("voltmodels structure_to_graph, 1 core", f"same {len(sample)}", ours_single_s, len(sample),
+            f"{per_single * n_total:.1f} s (extrapolated)", f"{per_ref / per_single:.1f}x"),
+        row("voltmodels GraphCache.get_many, cold, n_jobs=1", f"all {n_total}", cold_serial_s, n_total,
+            f"{cold_serial_s:.1f} s (measured)", f"{extrapolated_ref / cold_serial_s:.1f}x"),
+        row(f"voltmodels GraphCache.get_many, cold, n_jobs={args.n_jobs}", f"all {n_total}", cold_s, n_total,
+            f"{cold_s:.1f} s (measured)", f"{extrapolated_ref / cold_s:.1f}x"),
+        row("voltmodels GraphCache.get_many, warm (Structures in)", f"all {n_total}", warm_s, n_total,
+            f"{warm_s:.2f} s (measured)", "-"),
+        row("voltmodels GraphCache.get_many, warm (compact dicts in)", f"all {n_total}", warm_compact_s, n_total,
+            f"{warm_compact_s:.2f} s (measured)", "-"),
     ]
     header = ("approach", "structures", "time", "structures/s", "whole snapshot", "speedup")
     print()
@@ -134,12 +148,15 @@ def main() -> None:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print()
-    print(f"snapshot: {n_total} structures, {n_sites} sites, {n_edges} edges, "
-          f"{len(cold.errors)} featurisation errors; cache on disk {cache_mb:.1f} MB")
+    print(
+        f"snapshot: {n_total} structures, {n_sites} sites, {n_edges} edges, "
+        f"{len(cold.errors)} featurisation errors; cache on disk {cache_mb:.1f} MB"
+    )
     print(f"parsing the compact JSON into Structures (not timed above): {parse_s:.1f} s")
     print(f"largest |distance difference| vs reference on the sample: {max_gap:.2e} Angstrom")
     for key, message in list(cold.errors.items())[:5]:
         print(f"  error {key}: {message}")
+    print("load average (1, 5, 15 min) after: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

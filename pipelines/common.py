@@ -31,8 +31,29 @@ def step_run(step: str, params: dict | None = None, nested: bool = False, run_na
     with mlflow.start_run(nested=nested, run_name=run_name) as run:
         mlflow.set_tag(STEP_TAG, step)
         if params:
-            mlflow.log_params({k: v for k, v in params.items() if v is not None})
+            log_resolved_params(run, params)
         yield run
+
+
+def log_resolved_params(run, params: dict) -> None:
+    """Log params; under `mlflow run` the entry point's raw params are already logged, and a
+    resolved value that differs (e.g. n_trials 0 -> the profile's 2) goes in as resolved_<name>."""
+    already = mlflow.get_run(run.info.run_id).data.params
+    to_log = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        value = str(value)
+        if key not in already:
+            to_log[key] = value
+        elif already[key] != value:
+            to_log[f"resolved_{key}"] = value
+    mlflow.log_params(to_log)
+
+
+def as_int(value: str) -> int:
+    """Integer option that also accepts MLflow's float rendering ("5.0")."""
+    return int(float(value))
 
 
 def check_profile(profile: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import mlflow
 
-from pipelines.common import main_guard, step_run
+from pipelines.common import as_int, main_guard, step_run
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
 from voltmodels.data.curation import CurationParams, curate
 from voltmodels.data.dataset import ARTIFACT_PATH, CURATE_STEP, save_dataset
@@ -24,7 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--source", choices=["snapshot", "mp"], default="snapshot")
     p.add_argument("--snapshot", default="", help="snapshot folder (default: $VOLTMODELS_SNAPSHOT)")
     p.add_argument("--ions", default="all", help="comma-separated working ions, or 'all'")
-    p.add_argument("--seed", type=lambda v: int(float(v)), default=0)
+    p.add_argument("--seed", type=as_int, default=0)
     p.add_argument("--max-voltage-disagreement", type=float, default=CurationParams.max_voltage_disagreement)
     p.add_argument("--outlier-mad-z", type=float, default=CurationParams.outlier_mad_z)
     p.add_argument("--duplicate-tolerance", type=float, default=CurationParams.duplicate_tolerance)

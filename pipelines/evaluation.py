@@ -34,7 +34,9 @@ def evaluate(model, sets, settings) -> tuple[dict, dict]:
     return metrics, pairs
 
 
-def log_final_model(model, ion, sets, settings, dataset, rows, register: bool = True, tags: dict | None = None, method: str = "cgcnn") -> str | None:
+def log_final_model(
+    model, ion, sets, settings, dataset, rows, register: bool = True, tags: dict | None = None, method: str = "cgcnn", metric_prefix: str = ""
+) -> str | None:
     """Log metrics, parity plot and the pyfunc of `model`; register it as voltage-cgcnn-<ion>."""
     local_head_mae = fit_local_head(model, sets["train"], settings)
     metrics, pairs = evaluate(model, sets, settings)
@@ -42,7 +44,7 @@ def log_final_model(model, ion, sets, settings, dataset, rows, register: bool = 
     test_true, test_pred = pairs["test"]
     coverage = float(np.mean(np.abs(test_pred - test_true) <= halfwidth))
     metrics.update({"conformal_halfwidth": halfwidth, "test_interval_coverage": coverage, "local_head_train_mae": local_head_mae})
-    mlflow.log_metrics(metrics)
+    mlflow.log_metrics({metric_prefix + k: v for k, v in metrics.items()})
     fig = plots.parity_plot(pairs, f"{ion} {method}")
     mlflow.log_figure(fig, f"parity_{ion}_{method}.png")
     plots.close(fig)
@@ -50,7 +52,7 @@ def log_final_model(model, ion, sets, settings, dataset, rows, register: bool = 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "checkpoint.pt"
         save_checkpoint(model, checkpoint, settings.to_dict(), {"ion": ion, "conformal_halfwidth": halfwidth, "dataset_digest": dataset.digest, "method": method})
-        info = log_cgcnn_model(str(checkpoint), ion, input_example(dataset, rows, ion), name, registry.next_version(name) if register else "")
+        info = log_cgcnn_model(str(checkpoint), f"cgcnn-{ion}-{method}", input_example(dataset, rows, ion), name, registry.next_version(name) if register else "")
     mlflow.log_metrics({k: v for k, v in metrics.items()}, model_id=info.model_id)
     if not register:
         return None

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 from optuna.study import MaxTrialsCallback
 
-from pipelines.common import STEP_TAG, main_guard, step_run
+from pipelines.common import as_int, STEP_TAG, main_guard, step_run
 from pipelines.evaluation import log_final_model
 from voltmodels.config import cache_dir, set_torch_threads
 from voltmodels.data.dataset import load_dataset
@@ -32,18 +32,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="latest", help="curate run id or dataset folder (default: latest curate run)")
     p.add_argument("--profile", default="quick", choices=["quick", "paper"])
-    p.add_argument("--n-trials", type=int, default=0, help="0: the profile's")
-    p.add_argument("--epochs", type=int, default=0, help="max epochs per trial; 0: the profile's")
+    p.add_argument("--n-trials", type=as_int, default=0, help="0: the profile's")
+    p.add_argument("--epochs", type=as_int, default=0, help="max epochs per trial; 0: the profile's")
     p.add_argument("--timeout", type=float, default=0, help="seconds for the search; 0: none")
     p.add_argument("--storage", default="", help="Optuna RDB URL (default: SQLite in the cache folder)")
     p.add_argument("--study-name", default="")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=as_int, default=0)
     p.add_argument("--split", default="random", choices=["random", "framework"])
-    p.add_argument("--n-workers", type=int, default=1, help="processes working on the study")
+    p.add_argument("--n-workers", type=as_int, default=1, help="processes working on the study")
     p.add_argument("--register", default="true", choices=["true", "false"])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--parent-run-id", default="", help=argparse.SUPPRESS)
-    p.add_argument("--max-trials", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--max-trials", type=as_int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -83,7 +83,7 @@ def make_objective(sets, settings: GraphSettings, epochs: int, patience: int, se
 
 def run_workers(study, objective, args, total_trials: int, timeout: float | None) -> None:
     """Work on the study here and in n_workers - 1 extra processes; trials stop at `total_trials`."""
-    threads = int(os.environ.get("VOLTMODELS_TORCH_THREADS") or 0) or max(1, (os.cpu_count() or 2) // max(1, args.n_workers))
+    threads = int(os.environ.get("VOLTMODELS_TORCH_THREADS") or 0) or 1
     workers = []
     for _ in range(max(0, args.n_workers - 1)):
         cmd = [sys.executable, "-m", "pipelines.train_li", "--worker", "--dataset", args.dataset_resolved, "--profile", args.profile,

@@ -33,12 +33,18 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def graphs_for_rows(structures, settings: GraphSettings):
-    """Graphs for validated structures, or one error naming every row that cannot be featurized."""
+def graphs_for_rows(structures, settings, rows=None):
+    """Graphs for validated structures, or one error naming every row that cannot be featurized.
+
+    `settings`: one GraphSettings, or one per structure; `rows`: the request row of each structure
+    (default 0, 1, ...), so that callers featurizing a subset still name the user's rows.
+    """
+    rows = range(len(structures)) if rows is None else rows
+    per_row = settings if isinstance(settings, (list, tuple)) else [settings] * len(structures)
     graphs, problems = [], []
-    for row, structure in enumerate(structures):
+    for row, structure, row_settings in zip(rows, structures, per_row):
         try:
-            graphs.append(structure_to_graph(structure, settings))
+            graphs.append(structure_to_graph(structure, row_settings))
         except VoltmodelsError as exc:
             problems.append(f"row {row}: {exc}")
     if problems:
@@ -46,39 +52,37 @@ def graphs_for_rows(structures, settings: GraphSettings):
     return graphs
 
 
-class CGCNNVoltageModel(mlflow.pyfunc.PythonModel):
-    """One ion's CGCNN. Artifacts: `checkpoint` (voltmodels.model.save_checkpoint)."""
+class CGCNNPredictor:
+    """One ion's CGCNN as plain Python: checkpoint in, voltage table out.
 
-    def load_context(self, context):
-        from voltmodels.config import set_torch_threads
+    Shared by the per-ion pyfunc (CGCNNVoltageModel) and the multi-ion router (serving/router.py).
+    """
+
+    def __init__(self, checkpoint, model_name: str | None = None, model_version: str = ""):
         from voltmodels.model import load_checkpoint
 
-        set_torch_threads()
-        self.model, settings, self.meta = load_checkpoint(context.artifacts["checkpoint"])
+        self.model, settings, self.meta = load_checkpoint(checkpoint)
         self.settings = GraphSettings.from_dict(settings)
         self.ion = self.meta["ion"]
-        config = context.model_config or {}
-        self.model_name = config.get("model_name", f"voltage-cgcnn-{self.ion}")
-        self.model_version = str(config.get("model_version", ""))
+        self.halfwidth = float(self.meta.get("conformal_halfwidth", np.nan))
+        self.model_name = model_name or f"voltage-cgcnn-{self.ion}"
+        self.model_version = str(model_version or "")
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def predict_graphs(self, graphs, structures, local_voltages: bool = False) -> pd.DataFrame:
+        """Voltages, the conformal interval and who answered, for featurized structures (in order)."""
         import torch
 
         from voltmodels.graphs.batch import collate
 
-        parsed = parse_rows(model_input, [self.ion])
-        structures = [s for s, _ in parsed]
-        graphs = graphs_for_rows(structures, self.settings)
         with torch.no_grad():
             batch = collate(graphs, self.settings)
             voltage = self.model.predict_volts(batch).numpy().astype(float)
-            local = self.model.local_voltages(batch).numpy() if (params or {}).get("local_voltages") else None
-        halfwidth = float(self.meta.get("conformal_halfwidth", np.nan))
+            local = self.model.local_voltages(batch).numpy() if local_voltages else None
         out = pd.DataFrame(
             {
                 "voltage": voltage,
-                "voltage_lower": voltage - halfwidth,
-                "voltage_upper": voltage + halfwidth,
+                "voltage_lower": voltage - self.halfwidth,
+                "voltage_upper": voltage + self.halfwidth,
                 "model_name": self.model_name,
                 "model_version": self.model_version,
             }
@@ -91,8 +95,31 @@ class CGCNNVoltageModel(mlflow.pyfunc.PythonModel):
             ]
         return out
 
+    def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        parsed = parse_rows(model_input, [self.ion])
+        structures = [s for s, _ in parsed]
+        graphs = graphs_for_rows(structures, self.settings)
+        return self.predict_graphs(graphs, structures, local_voltages=bool((params or {}).get("local_voltages")))
 
-def log_cgcnn_model(checkpoint: str, ion: str, input_example: pd.DataFrame, registered_name: str, next_version: str):
+
+class CGCNNVoltageModel(mlflow.pyfunc.PythonModel):
+    """One ion's CGCNN. Artifacts: `checkpoint` (voltmodels.model.save_checkpoint)."""
+
+    def load_context(self, context):
+        from voltmodels.config import set_torch_threads
+
+        set_torch_threads()
+        config = context.model_config or {}
+        self.predictor = p = CGCNNPredictor(context.artifacts["checkpoint"], config.get("model_name"), config.get("model_version", ""))
+        # The pre-refactor attributes, for callers that use them.
+        self.model, self.settings, self.meta, self.ion = p.model, p.settings, p.meta, p.ion
+        self.model_name, self.model_version = p.model_name, p.model_version
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return self.predictor.predict(model_input, params)
+
+
+def log_cgcnn_model(checkpoint: str, artifact_name: str, input_example: pd.DataFrame, registered_name: str, next_version: str):
     """Log the pyfunc (explicit requirements, code of this checkout) and return its ModelInfo."""
     from mlflow.models import infer_signature
 
@@ -101,7 +128,7 @@ def log_cgcnn_model(checkpoint: str, ion: str, input_example: pd.DataFrame, regi
     )
     signature = infer_signature(input_example, output_example, params={"local_voltages": False})
     return mlflow.pyfunc.log_model(
-        name=f"cgcnn-{ion}",
+        name=artifact_name,
         python_model=CGCNNVoltageModel(),
         artifacts={"checkpoint": checkpoint},
         code_paths=PACKAGE_DIRS,

@@ -85,3 +85,46 @@ def write_snapshot(folder: Path, table: pd.DataFrame, structures: dict) -> Path:
 def tiny_snapshot(tmp_path) -> Path:
     table, structures = fixture_electrodes()
     return write_snapshot(tmp_path / "snapshot", table, structures)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared trained models (serving / screen tests): built once per session in the isolated store.
+
+
+def run_entry_point(module: str, *args: str, cwd: Path | None = None, timeout: float = 900) -> str:
+    """Run `python -m <module> args` against the session's store; its output, or fail with it."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VOLTMODELS_TORCH_THREADS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"python -m {module} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def li_champion(snapshot_dir, isolated_tracking) -> str:
+    """`models:/voltage-cgcnn-Li@champion` in the session's store: curate + train_li quick (1 trial, 2 epochs)."""
+    import mlflow
+
+    from pipelines.common import EXPERIMENT
+
+    # Artifacts in the session's folder, not the checkout's mlruns/ (a SQLite store's default root is ./mlruns).
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(EXPERIMENT, artifact_location=(isolated_tracking / "artifacts").as_uri())
+    run_entry_point("pipelines.curate", "--snapshot", str(snapshot_dir), cwd=isolated_tracking)
+    # Own Optuna storage: the shared cache's study may hold trials whose runs live in another store.
+    storage = f"sqlite:///{isolated_tracking / 'optuna.db'}"
+    run_entry_point("pipelines.train_li", "--profile", "quick", "--n-trials", "1", "--epochs", "2", "--storage", storage, cwd=isolated_tracking)
+    return "models:/voltage-cgcnn-Li@champion"
+
+
+@pytest.fixture(scope="session")
+def router_champion(li_champion, isolated_tracking) -> str:
+    """`models:/voltage-predictor@champion` built (pipelines.router) from the session's champions."""
+    run_entry_point("pipelines.router", cwd=isolated_tracking)
+    return "models:/voltage-predictor@champion"

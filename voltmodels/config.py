@@ -46,7 +46,8 @@ def set_torch_threads(n: int | None = None) -> None:
     """Pin torch's thread pools: unpinned, several processes on 2 cores stall each other badly."""
     import torch
 
-    n = n or int(os.environ.get("VOLTMODELS_TORCH_THREADS", "0")) or max(1, (os.cpu_count() or 2))
+    # Default 1: on a shared 2-core machine multi-threaded ops spin-wait on busy cores and stall.
+    n = n or int(os.environ.get("VOLTMODELS_TORCH_THREADS", "0")) or 1
     torch.set_num_threads(n)
     set_interop = getattr(torch, "set_num_interop_threads", None)
     try:

@@ -85,11 +85,17 @@ class CGCNN(nn.Module):
             atoms = conv(atoms, batch.edge_src, batch.edge_dst, batch.edge_fea)
         return atoms
 
-    def forward(self, batch: GraphBatch) -> torch.Tensor:
-        """Standardized prediction per crystal, shape (n_crystals,)."""
-        pooled = crystal_mean(self.atom_vectors(batch), batch.crystal_index, batch.n_crystals)
+    def pooled(self, batch: GraphBatch) -> torch.Tensor:
+        """Crystal vectors after mean pooling: the input of the layers transfer learning retrains."""
+        return crystal_mean(self.atom_vectors(batch), batch.crystal_index, batch.n_crystals)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
         hidden = F.softplus(self.conv_to_fc(F.softplus(pooled)))
         return self.fc_out(self.dropout(hidden)).squeeze(1)
+
+    def forward(self, batch: GraphBatch) -> torch.Tensor:
+        """Standardized prediction per crystal, shape (n_crystals,)."""
+        return self.head(self.pooled(batch))
 
     def predict_volts(self, batch: GraphBatch) -> torch.Tensor:
         return self(batch) * self.target_std + self.target_mean

@@ -122,13 +122,37 @@ def train(
     rng = np.random.default_rng(config.seed)
     best = TrainResult(model=copy.deepcopy(model), best_epoch=-1, best_val_mae=float("inf"))
     history, epoch_times = [], []
+    if config.trainable == "head":
+        # A frozen body (BatchNorm in eval mode) maps each crystal to a fixed vector: compute those
+        # once and train the head on them, instead of re-running the convolutions every epoch.
+        with torch.no_grad():
+            model.eval()
+            frozen_features = torch.cat([model.pooled(b) for b, _ in iterate_batches(train_set, settings, 256)])
+            frozen_val = torch.cat([model.pooled(b) for b, _ in iterate_batches(val_set, settings, 256)])
+        frozen_targets = torch.as_tensor(train_set.targets, dtype=torch.float32)
+
+        def validation_predictions() -> np.ndarray:
+            model.eval()
+            with torch.no_grad():
+                return (model.head(frozen_val) * model.target_std + model.target_mean).numpy()
+    else:
+
+        def validation_predictions() -> np.ndarray:
+            return predict(model, val_set, settings)
     bar = tqdm(range(config.epochs), desc="epochs", disable=not progress, leave=False)
     for epoch in bar:
         started = time.perf_counter()
         _set_train_mode(model, config.trainable)
         total_loss, total_abs, n = 0.0, 0.0, 0
-        for batch, target in iterate_batches(train_set, settings, config.batch_size, rng):
-            pred = model(batch)
+        if config.trainable == "head":
+            order = torch.as_tensor(rng.permutation(len(frozen_targets)))
+            batches = ((frozen_features[idx], frozen_targets[idx]) for idx in order.split(config.batch_size))
+            forward = model.head
+        else:
+            batches = iterate_batches(train_set, settings, config.batch_size, rng)
+            forward = model
+        for batch, target in batches:
+            pred = forward(batch)
             loss = loss_fn(pred, (target - mean) / std)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -137,7 +161,7 @@ def train(
             total_abs += float((pred.detach() * std + mean - target).abs().sum())
             n += len(target)
         epoch_times.append(time.perf_counter() - started)
-        val_mae = float(np.mean(np.abs(predict(model, val_set, settings) - val_set.targets)))
+        val_mae = float(np.mean(np.abs(validation_predictions() - val_set.targets)))
         scheduler.step(val_mae)
         metrics = {"train_loss": total_loss / max(n, 1), "train_mae": total_abs / max(n, 1), "val_mae": val_mae}
         history.append({"epoch": epoch, **metrics})

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import IStructure, Structure
 
 from voltmodels.config import VoltmodelsError
 
 
-def parse_structure(obj: Any) -> Structure:
-    """A pymatgen Structure from a Structure, CIF text, pymatgen JSON/dict, or compact dict.
+def parse_structure(obj: Any) -> IStructure:
+    """A pymatgen Structure from a Structure, CIF text, Structure JSON text / dict, or a compact dict.
 
-    Raises VoltmodelsError with one sentence saying why the input is not a structure.
+    The compact form is ``{"lattice": 3x3, "species": [...], "frac_coords": [[...], ...]}`` as in the
+    snapshot. Raises VoltmodelsError with one sentence saying why ``obj`` is not a structure.
     """
-    if isinstance(obj, Structure):
+    if isinstance(obj, IStructure):  # Structure and its immutable base class
         return obj
     if isinstance(obj, str):
         text = obj.strip()
@@ -24,19 +26,26 @@ def parse_structure(obj: Any) -> Structure:
             raise VoltmodelsError("the structure is an empty string")
         if text.startswith("{"):
             try:
-                obj = json.loads(text)
+                return parse_structure(json.loads(text))
             except json.JSONDecodeError as exc:
-                raise VoltmodelsError(f"the structure looks like JSON but does not parse ({exc.msg})") from exc
-        else:
-            return _parse_cif(text)
-    if isinstance(obj, dict):
+                raise VoltmodelsError(f"could not parse structure JSON: {exc}") from None
+        return _parse_cif(text)
+    if isinstance(obj, Mapping):
         try:
-            if "frac_coords" in obj and "species" in obj:  # the snapshot's compact form
-                return Structure(Lattice(obj["lattice"]), obj["species"], obj["frac_coords"])
-            return Structure.from_dict(obj)
-        except Exception as exc:  # pymatgen raises many types for malformed dicts
-            raise VoltmodelsError(f"the structure dict is not a valid structure ({type(exc).__name__}: {exc})") from exc
-    raise VoltmodelsError(f"the structure must be CIF text or structure JSON, not {type(obj).__name__}")
+            if {"lattice", "species", "frac_coords"} <= obj.keys():
+                return Structure(obj["lattice"], obj["species"], obj["frac_coords"])
+            if "lattice" in obj and "sites" in obj:
+                return Structure.from_dict(obj)
+        except Exception as exc:  # pymatgen raises a zoo of types for malformed input
+            raise VoltmodelsError(f"could not build a structure from the dict: {exc}") from None
+        raise VoltmodelsError(
+            "could not build a structure from the dict: expected keys lattice/species/frac_coords "
+            "or a pymatgen Structure dict (lattice/sites)"
+        )
+    raise VoltmodelsError(
+        f"cannot read a structure from a {type(obj).__name__}: expected a pymatgen Structure, CIF text, "
+        "Structure JSON or a dict"
+    )
 
 
 def _parse_cif(text: str) -> Structure:
@@ -44,16 +53,16 @@ def _parse_cif(text: str) -> Structure:
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pymatgen warns about every rounding it does
+            warnings.simplefilter("ignore")  # pymatgen warns about every rounding fix it applies
             structures = CifParser.from_str(text).parse_structures(primitive=False)
     except Exception as exc:
-        raise VoltmodelsError(f"the CIF text could not be parsed ({type(exc).__name__}: {exc})") from exc
+        raise VoltmodelsError(f"could not parse CIF: {exc}") from None
     if not structures:
-        raise VoltmodelsError("the CIF text holds no structure")
+        raise VoltmodelsError("could not parse CIF: it contains no structure")
     return structures[0]
 
 
-def structure_to_compact(structure: Structure) -> dict:
+def structure_to_compact(structure: IStructure) -> dict:
     """The snapshot's compact form: what the curated dataset stores (ordered structures only)."""
     return {
         "lattice": structure.lattice.matrix.round(8).tolist(),

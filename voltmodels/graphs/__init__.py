@@ -9,7 +9,7 @@ from voltmodels.graphs.featurize import (
     GraphError,
     GraphSettings,
     structure_digest,
-    structure_from_any,
+    parse_structure,
     structure_to_graph,
 )
 
@@ -26,6 +26,6 @@ __all__ = [
     "element_feature_table",
     "gaussian_expand",
     "structure_digest",
-    "structure_from_any",
+    "parse_structure",
     "structure_to_graph",
 ]

@@ -38,13 +38,8 @@ class GraphBatch:
         return self.edge_src.shape[0]
 
     def _map_tensors(self, fn) -> GraphBatch:
-        return GraphBatch(
-            **{
-                f.name: fn(value) if isinstance(value, torch.Tensor) else value
-                for f in fields(self)
-                for value in [getattr(self, f.name)]
-            }
-        )
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return GraphBatch(**{name: fn(v) if isinstance(v, torch.Tensor) else v for name, v in values.items()})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> GraphBatch:
         return self._map_tensors(lambda t: t.to(device, non_blocking=non_blocking))

@@ -20,9 +20,10 @@ bits  property                   bins   categories / binning
 
 Continuous properties use 10 equal-width bins on [low, high], right-closed: bin k holds
 low + k*w < x <= low + (k+1)*w (the reference puts Pauling 1.9 and 1.2 in the lower bin, which only
-right-closed bins reproduce); values outside the range go to the first or last bin. These layouts
-were worked out by fitting against txie-93/cgcnn's ``atom_init.json``; with the same input value they
-reproduce every reference bin (covalent radius and ionization energy agree for all 100 elements).
+right-closed bins reproduce); values outside the range go to the first or last bin. The ranges were
+worked out by fitting against txie-93/cgcnn's ``atom_init.json``: wherever pymatgen's value is the one
+the reference used, the bin is the reference's (covalent radius and ionization energy agree for all
+100 elements).
 
 Sources and fallbacks
 ---------------------
@@ -37,8 +38,10 @@ Sources and fallbacks
 * Remaining disagreements with the reference are differences in the underlying data, not in the
   binning: e.g. pymatgen's molar volumes of elements that are gases at room temperature are solid
   volumes at low temperature (H, N, F, Cl, noble gases land one bin lower than the reference), and
-  the reference's Pauling values for W, Pt, Pb, Bi, U and some electron affinities (Ga, In, Tl,
-  lanthanides) are from older tables. ``tests/test_graphs.py`` reports the agreement per property.
+  the reference's Pauling values for Tc, W, Pt, Hg, Pb, Bi, U, some electron affinities (N, Be, Ga,
+  In, Tl, lanthanides) and Pd's 12 valence electrons come from other tables or conventions.
+  ``tests/test_graphs.py`` prints the agreement per property: over the 72 elements of the snapshot,
+  95.8 % of (element, property) pairs and the whole vector of 48 elements (93 % of all sites) match.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
+from pymatgen.core.periodic_table import Element
 
 ATOM_FEATURE_LEN = 92
 MAX_ATOMIC_NUMBER = 100
@@ -77,7 +81,7 @@ class ElementProperty(NamedTuple):
 
     name: str
     n_bins: int
-    category: Callable[["Element"], int | None]  # noqa: F821 (pymatgen Element, imported lazily)
+    category: Callable[[Element], int | None]
 
 
 def _binned(low: float, high: float, n_bins: int = 10, log: bool = False) -> Callable[[float | None], int | None]:
@@ -93,15 +97,15 @@ def _binned(low: float, high: float, n_bins: int = 10, log: bool = False) -> Cal
     return to_bin
 
 
-def _block(element) -> str:
+def _block(element: Element) -> str:
     return "s" if element.Z == 2 else element.block
 
 
-def _group(element) -> int:
+def _group(element: Element) -> int:
     return 0 if _block(element) == "f" else int(element.group)
 
 
-def _valence_electrons(element) -> int:
+def _valence_electrons(element: Element) -> int:
     block = _block(element)
     if element.Z == 2:
         return 2
@@ -112,17 +116,17 @@ def _valence_electrons(element) -> int:
     return int(element.group)
 
 
-def _first_ionization_energy(element) -> float | None:
+def _first_ionization_energy(element: Element) -> float | None:
     energies = element.ionization_energies
     return energies[0] if energies and energies[0] is not None else None
 
 
-def _positive_electron_affinity(element) -> float | None:
+def _positive_electron_affinity(element: Element) -> float | None:
     affinity = element.electron_affinity
     return affinity if affinity is not None and affinity > 0 else None
 
 
-def _molar_volume(element) -> float | None:
+def _molar_volume(element: Element) -> float | None:
     volume = element.molar_volume  # FloatWithUnit in cm^3/mol, or None (with a warning) when unknown
     return float(volume) if volume is not None else None
 
@@ -163,8 +167,6 @@ def element_feature_table() -> np.ndarray:
 
     The returned array is shared (cached); it is marked read-only so that callers cannot corrupt it.
     """
-    from pymatgen.core.periodic_table import Element
-
     table = np.zeros((MAX_ATOMIC_NUMBER + 1, ATOM_FEATURE_LEN), dtype=np.float32)
     slices = property_slices()
     with warnings.catch_warnings():

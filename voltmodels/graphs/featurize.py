@@ -10,7 +10,8 @@ An atom with no neighbour at all is an error (its graph would be disconnected).
 
 Compared with txie-93/cgcnn's ``data.py`` (``get_all_neighbors`` + a Python sort per atom, per epoch),
 the neighbour search uses pymatgen's array-based ``get_neighbor_list``, the top-k selection is one
-vectorised ``lexsort``, and graphs are computed once, in parallel, and cached on disk.
+vectorised sort (no Python loop over atoms), and graphs are computed once, in parallel, and cached on
+disk.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from pymatgen.core import IStructure, Lattice, Structure
+from pymatgen.core.periodic_table import Element
 
+from voltmodels.data.structures import parse_structure
 from voltmodels.config import VoltmodelsError, cache_dir
 from voltmodels.graphs.encoding import MAX_ATOMIC_NUMBER
 
@@ -134,57 +138,7 @@ class FeaturizeResult:
 # Structures in, graphs out
 
 
-def structure_from_any(obj: Any):
-    """A pymatgen Structure from a Structure, CIF text, Structure JSON text / dict, or a compact dict.
-
-    The compact form is ``{"lattice": 3x3, "species": [...], "frac_coords": [[...], ...]}`` as in the
-    snapshot. Raises VoltmodelsError when ``obj`` cannot be read.
-    """
-    from pymatgen.core import Structure
-
-    if isinstance(obj, Structure):
-        return obj
-    if isinstance(obj, str):
-        text = obj.strip()
-        if text.startswith("{"):
-            try:
-                return structure_from_any(json.loads(text))
-            except json.JSONDecodeError as exc:
-                raise VoltmodelsError(f"could not parse structure JSON: {exc}") from None
-        return _structure_from_cif(text)
-    if isinstance(obj, Mapping):
-        try:
-            if {"lattice", "species", "frac_coords"} <= obj.keys():
-                return Structure(obj["lattice"], obj["species"], obj["frac_coords"])
-            if "lattice" in obj and "sites" in obj:
-                return Structure.from_dict(obj)
-        except Exception as exc:  # pymatgen raises a zoo of types for malformed input
-            raise VoltmodelsError(f"could not build a structure from the dict: {exc}") from None
-        raise VoltmodelsError(
-            "could not build a structure from the dict: expected keys lattice/species/frac_coords "
-            "or a pymatgen Structure dict (lattice/sites)"
-        )
-    raise VoltmodelsError(
-        f"cannot read a structure from a {type(obj).__name__}: expected a pymatgen Structure, CIF text, "
-        "Structure JSON or a dict"
-    )
-
-
-def _structure_from_cif(text: str):
-    from pymatgen.io.cif import CifParser
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pymatgen warns about every rounding fix it applies
-            structures = CifParser.from_str(text).parse_structures(primitive=False)
-    except Exception as exc:
-        raise VoltmodelsError(f"could not parse CIF: {exc}") from None
-    if not structures:
-        raise VoltmodelsError("could not parse CIF: it contains no structure")
-    return structures[0]
-
-
-def structure_digest(structure) -> str:
+def structure_digest(structure: IStructure) -> str:
     """Content hash of a structure (lattice, species, fractional coordinates rounded to 1e-6).
 
     Used with the graph settings as the cache key; a Structure and its compact dict hash the same.
@@ -196,13 +150,13 @@ def structure_digest(structure) -> str:
     return _digest(_Crystal(structure.lattice.matrix, np.zeros(0, np.int64), structure.frac_coords), species)
 
 
-def structure_to_graph(structure, settings: GraphSettings | None = None) -> CrystalGraph:
+def structure_to_graph(structure: IStructure, settings: GraphSettings | None = None) -> CrystalGraph:
     """The crystal graph of an ordered pymatgen Structure; raises GraphError if it has none."""
     settings = settings or GraphSettings()
     return _neighbor_graph(structure, _validated_atomic_numbers(structure), settings)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Crystal:
     """The arrays a graph is built from; cheap to hash and to send to worker processes."""
 
@@ -213,8 +167,6 @@ class _Crystal:
 
 @functools.lru_cache(maxsize=1)
 def _element_numbers() -> dict[str, int]:
-    from pymatgen.core.periodic_table import Element
-
     return {element.symbol: element.Z for element in Element}
 
 
@@ -234,7 +186,7 @@ def _digest(crystal: _Crystal, extra: bytes = b"") -> str:
 
 
 def _crystal_from_any(obj: Any) -> _Crystal:
-    """Validated arrays of anything structure_from_any reads; compact dicts skip building a Structure."""
+    """Validated arrays of anything parse_structure reads; compact dicts skip building a Structure."""
     if isinstance(obj, Mapping) and {"lattice", "species", "frac_coords"} <= obj.keys():
         symbols = obj["species"]
         element_numbers = _element_numbers()
@@ -243,15 +195,15 @@ def _crystal_from_any(obj: Any) -> _Crystal:
                 lattice = np.asarray(obj["lattice"], dtype=np.float64)
                 frac_coords = np.asarray(obj["frac_coords"], dtype=np.float64).reshape(-1, 3)
             except (TypeError, ValueError):
-                lattice = frac_coords = None  # malformed: let structure_from_any word the error
+                lattice = frac_coords = None  # malformed: let parse_structure word the error
             if lattice is not None and lattice.shape == (3, 3) and len(frac_coords) == len(symbols):
                 numbers = np.array([element_numbers[symbol] for symbol in symbols], dtype=np.int64)
                 return _Crystal(lattice, _supported(numbers, symbols.__getitem__), frac_coords)
-    structure = structure_from_any(obj)
+    structure = parse_structure(obj)
     return _Crystal(structure.lattice.matrix, _validated_atomic_numbers(structure), structure.frac_coords)
 
 
-def _validated_atomic_numbers(structure) -> np.ndarray:
+def _validated_atomic_numbers(structure: IStructure) -> np.ndarray:
     if not structure.is_ordered:
         site_index = next(i for i, site in enumerate(structure) if not site.is_ordered)
         raise GraphError(
@@ -276,7 +228,7 @@ def _supported(atomic_numbers: np.ndarray, species_name: Callable[[int], str]) -
     return atomic_numbers.astype(np.int16)
 
 
-def _neighbor_graph(structure, atomic_numbers: np.ndarray, settings: GraphSettings) -> CrystalGraph:
+def _neighbor_graph(structure: IStructure, atomic_numbers: np.ndarray, settings: GraphSettings) -> CrystalGraph:
     n_atoms = len(atomic_numbers)
     centers, neighbors, _images, distances = structure.get_neighbor_list(r=settings.radius)
     # Sort by centre, then distance, so that each atom's edges form a contiguous run and the rank in
@@ -304,8 +256,6 @@ def _neighbor_graph(structure, atomic_numbers: np.ndarray, settings: GraphSettin
 
 def _featurize_crystal(task: tuple[int, _Crystal, GraphSettings]) -> tuple[int, CrystalGraph | str]:
     """Worker: (position, crystal, settings) -> (position, graph or error message)."""
-    from pymatgen.core import Lattice, Structure
-
     position, crystal, settings = task
     try:
         structure = Structure(Lattice(crystal.lattice), crystal.atomic_numbers.tolist(), crystal.frac_coords)
@@ -323,18 +273,19 @@ def _featurize_crystal(task: tuple[int, _Crystal, GraphSettings]) -> tuple[int, 
 class GraphCache:
     """Crystal graphs on disk, keyed by structure content and the settings that shape the graph.
 
-    Layout: ``<root>/v<format>-r<radius>-k<max_neighbors>/shard-*.npz``. Each shard holds many graphs
-    as concatenated arrays plus offsets (loading 7,600 graphs is a handful of file reads, not 7,600),
-    and is written to a temporary file then ``os.replace``-d, so readers never see a partial shard and
-    concurrent writers never clobber each other (each writes its own shard; a structure cached twice is
-    harmless). Nothing but a digest -> shard index is kept in memory between calls.
+    Layout: ``<root>/v<format>-r<radius>-k<max_neighbors>/shard-*.npz`` (e.g. ``v1-r8-k12/``). Each
+    shard holds many graphs as concatenated arrays plus offsets, so loading 7,600 graphs is a handful
+    of file reads rather than 7,600. A shard is written to a temporary file then ``os.replace``-d:
+    readers never see a partial shard and concurrent writers never clobber each other (each writes its
+    own shards; a structure cached twice is harmless). Only a digest -> shard index stays in memory
+    between calls, never the graphs.
     """
 
     def __init__(self, root: str | os.PathLike | None = None, settings: GraphSettings | None = None):
         self.settings = settings or GraphSettings()
         root = Path(root) if root is not None else cache_dir() / "graphs"
         self.directory = root / (
-            f"v{GRAPH_FORMAT_VERSION}-r{self.settings.radius:g}-k{self.settings.max_neighbors}"
+            f"v{GRAPH_FORMAT_VERSION}-r{self.settings.radius:.10g}-k{self.settings.max_neighbors}"
         )
         self.directory.mkdir(parents=True, exist_ok=True)
         self._shard_digests: dict[str, np.ndarray] = {}
@@ -350,7 +301,7 @@ class GraphCache:
     ) -> FeaturizeResult:
         """Graphs for many structures: cached ones are read, missing ones featurised in parallel.
 
-        ``structures`` maps ids to anything :func:`structure_from_any` reads (or is a sequence of
+        ``structures`` maps ids to anything :func:`parse_structure` reads (or is a sequence of
         them, keyed by position). Per-structure failures land in ``result.errors`` (id -> message)
         instead of raising. ``n_jobs`` defaults to ``os.cpu_count()``.
         """
@@ -384,7 +335,7 @@ class GraphCache:
         return result
 
     def get(self, structure: Any) -> CrystalGraph:
-        """The graph of one structure (cached or not); raises GraphError / VoltmodelsError if impossible."""
+        """The graph of one structure (cached or not); raises GraphError saying why if there is none."""
         result = self.get_many([structure], n_jobs=1, progress=False)
         if result.errors:
             raise GraphError(result.errors[0])
@@ -397,7 +348,7 @@ class GraphCache:
     def compact(self) -> None:
         """Merge the small shards left by many small calls into one, so that loads stay a few reads."""
         self._refresh_index()
-        small = [name for name, digests in self._shard_digests.items() if len(digests) < _SHARD_SIZE // 2]
+        small = self._small_shards()
         if len(small) < 2:
             return
         graphs: dict[str, CrystalGraph] = {}
@@ -427,7 +378,7 @@ class GraphCache:
         tasks = [(position, crystals[digest], self.settings) for position, digest in enumerate(digests)]
         unwritten: dict[str, CrystalGraph] = {}
         n_jobs = max(1, n_jobs or os.cpu_count() or 1)
-        with _progress_bar(len(tasks), progress) as bar, _task_runner(len(tasks), n_jobs) as run:
+        with _ProgressBar(len(tasks), progress) as bar, _TaskRunner(len(tasks), n_jobs) as run:
             for position, outcome in run(tasks):
                 digest = digests[position]
                 if isinstance(outcome, str):
@@ -440,7 +391,7 @@ class GraphCache:
                 bar.update(1)
         if unwritten:
             self._write_shard(unwritten)
-        if sum(len(d) < _SHARD_SIZE // 2 for d in self._shard_digests.values()) > _MAX_SMALL_SHARDS:
+        if len(self._small_shards()) > _MAX_SMALL_SHARDS:
             self.compact()
         return graphs, failures
 
@@ -467,8 +418,11 @@ class GraphCache:
                 break
         return found
 
+    def _small_shards(self) -> list[str]:
+        return [name for name, digests in self._shard_digests.items() if len(digests) < _SHARD_SIZE // 2]
+
     def _refresh_index(self) -> None:
-        """Sync the digest -> (shard, position) index with the shard files other processes may add or merge."""
+        """Sync the digest -> (shard, position) index with shard files other processes added or merged."""
         names = {p.name for p in self.directory.glob("shard-*.npz")}
         removed = self._shard_digests.keys() - names
         added = sorted(names - self._shard_digests.keys())
@@ -482,7 +436,7 @@ class GraphCache:
                     self._shard_digests[name] = shard["digests"]
             except FileNotFoundError:
                 continue
-            except Exception:  # unreadable (e.g. truncated by a full disk): skip it, its graphs get recomputed
+            except Exception:  # unreadable (e.g. truncated by a full disk): skip it; its graphs get recomputed
                 warnings.warn(f"ignoring unreadable graph cache file {self.directory / name}", stacklevel=2)
                 self._shard_digests[name] = np.array([], dtype="S32")
         self._index = {
@@ -541,7 +495,7 @@ def _short_hash(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
 
 
-class _progress_bar:
+class _ProgressBar:
     """tqdm when asked for and installed, else a no-op with the same update() interface."""
 
     def __init__(self, total: int, enabled: bool):
@@ -566,15 +520,14 @@ class _progress_bar:
             self._bar.close()
 
 
-class _task_runner:
+class _TaskRunner:
     """Context manager giving ``run(tasks) -> iterator of _featurize_crystal results``.
 
     Small batches run in this process. Larger ones go to a ProcessPoolExecutor, which raises
     BrokenProcessPool if a worker dies instead of hanging like multiprocessing.Pool. On Linux the
     workers are forked: they start instantly with pymatgen already imported and, unlike spawn or
     forkserver, do not re-run the caller's ``__main__`` (which breaks for stdin, notebooks and unguarded
-    scripts). The workers only run pymatgen/numpy code, never torch, so threads the parent may run do
-    not matter to them.
+    scripts). torch's DataLoader makes the same choice; the workers only run pymatgen/numpy code.
     """
 
     def __init__(self, n_tasks: int, n_jobs: int):

@@ -1,0 +1,293 @@
+"""Latency and throughput of the `voltage-predictor` router behind a real `mlflow models serve`.
+
+Usage: python benchmarks/serving.py [--model-uri models:/voltage-predictor@champion] [--workers 1]
+       [--threads 1] [--n-single 200] [--n-batches 10] [--n-concurrent 1000] [--clients 8] [--url URL]
+
+Starts `mlflow models serve -m <model> --env-manager local -h 127.0.0.1` from a temporary directory
+(unless --url points at a running server), warms it up, then measures over HTTP with the scoring
+protocol ({"dataframe_split": ...} to /invocations):
+
+* single: one ~30-atom Li structure as CIF, --n-single sequential requests: p50 / p90 / p99;
+* single (JSON): the same structure as pymatgen Structure JSON (no CIF parsing on the server);
+* batch: --n-batches sequential requests of 100 distinct Li structures (CIF): structures per second;
+* concurrent: --n-concurrent single-structure requests from --clients threads: req/s, p50/p99, errors;
+
+and, in process, where a single request's time goes (CIF parsing, graph, model, MLflow/HTTP overhead).
+Ends with the test-split interval coverage per ion (benchmarks/coverage.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from voltmodels.config import default_tracking_uri, resolve_snapshot  # noqa: E402
+
+CIF_FILE = "mp_electrode_structures_cif.json.gz"
+
+
+def machine() -> str:
+    import mlflow
+    import torch
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (
+        f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | cpus {os.cpu_count()} (usable {affinity}) | "
+        f"load avg {load}\nsoftware: Python {platform.python_version()} | torch {torch.__version__} | mlflow {mlflow.__version__}"
+    )
+
+
+def pick_structures(snapshot: Path, n_batch: int = 100, target_sites: int = 30):
+    """(one Li structure with ~target_sites sites as CIF, n_batch distinct Li structures as CIF)."""
+    from pymatgen.core import Structure
+
+    with gzip.open(snapshot / CIF_FILE, "rt") as fh:
+        cifs = json.load(fh)
+    single, batch = None, []
+    for mid in sorted(cifs):
+        structure = Structure.from_str(cifs[mid], fmt="cif")
+        if "Li" not in structure.composition:
+            continue
+        if len(batch) < n_batch and len(structure) <= 200:
+            batch.append((mid, cifs[mid], len(structure)))
+        if single is None or abs(len(structure) - target_sites) < abs(single[2] - target_sites):
+            single = (mid, cifs[mid], len(structure))
+        if len(batch) >= n_batch and single[2] == target_sites:
+            break
+    return single, batch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_uri: str, workers: int, threads: int, tracking_uri: str, workdir: Path):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "VOLTMODELS_TORCH_THREADS": str(threads), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    log = open(workdir / "server.log", "w")
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}", started, log
+
+
+def stop_server(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_ready(url: str, proc, timeout: float = 300) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the server exited with status {proc.returncode}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the server did not answer /ping within {timeout:.0f} s")
+
+
+def body(rows: list[tuple[str, str]]) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": ["structure", "working_ion"], "data": [list(r) for r in rows]}}).encode()
+
+
+HEADERS = {"Content-Type": "application/json"}
+
+
+def timed_posts(session, url: str, payload: bytes, n: int) -> tuple[list[float], int]:
+    times, errors = [], 0
+    for _ in range(n):
+        t = time.perf_counter()
+        r = session.post(f"{url}/invocations", data=payload, headers=HEADERS, timeout=120)
+        times.append(time.perf_counter() - t)
+        errors += r.status_code != 200
+    return times, errors
+
+
+def concurrent_posts(url: str, payload: bytes, n: int, clients: int) -> tuple[list[float], int, float]:
+    import requests
+
+    per_client = [n // clients + (i < n % clients) for i in range(clients)]
+
+    def client(count: int):
+        times, errors = [], 0
+        with requests.Session() as s:
+            for _ in range(count):
+                t = time.perf_counter()
+                try:
+                    ok = s.post(f"{url}/invocations", data=payload, headers=HEADERS, timeout=120).status_code == 200
+                except requests.RequestException:
+                    ok = False
+                times.append(time.perf_counter() - t)
+                errors += not ok
+        return times, errors
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(client, per_client))
+    wall = time.perf_counter() - started
+    return [t for ts, _ in results for t in ts], sum(e for _, e in results), wall
+
+
+def pct(times: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(times) * 1000.0, q))
+
+
+def breakdown(model_uri: str, cif: str, n: int = 50) -> list[tuple[str, float]]:
+    """In-process medians (ms) of the request path's stages for one structure."""
+    import mlflow
+    import pandas as pd
+
+    from serving.cgcnn_model import graphs_for_rows
+    from serving.inputs import parse_rows
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    router = model.unwrap_python_model().router
+    frame = pd.DataFrame({"structure": [cif], "working_ion": ["Li"]})
+    predictor = router.predictors["Li"]
+    stages = {"parse_rows (CIF -> Structure)": [], "crystal graph": [], "CGCNN forward + table": [], "pyfunc predict (all, incl. schema check)": []}
+    for _ in range(n):
+        t0 = time.perf_counter()
+        parsed = parse_rows(frame, router.supported_ions)
+        t1 = time.perf_counter()
+        graphs = graphs_for_rows([parsed[0][0]], predictor.settings)
+        t2 = time.perf_counter()
+        predictor.predict_graphs(graphs, [parsed[0][0]])
+        t3 = time.perf_counter()
+        model.predict(frame)
+        t4 = time.perf_counter()
+        for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            stages[key].append(value * 1000)
+    return [(k, statistics.median(v)) for k, v in stages.items()]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-uri", default="models:/voltage-predictor@champion")
+    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or the project's mlflow.db")
+    parser.add_argument("--snapshot", default=None, help="snapshot folder (default: $VOLTMODELS_SNAPSHOT or ../shared/data)")
+    parser.add_argument("--url", default=None, help="benchmark a running server instead of starting one")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (mlflow models serve -w)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (VOLTMODELS_TORCH_THREADS)")
+    parser.add_argument("--n-single", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--n-batches", type=int, default=10)
+    parser.add_argument("--n-concurrent", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the in-process stage timings")
+    args = parser.parse_args(argv)
+
+    import mlflow
+    import requests
+
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    mlflow.set_tracking_uri(tracking_uri)
+    snapshot = resolve_snapshot(args.snapshot) or Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    (single_id, single_cif, single_sites), batch = pick_structures(snapshot, args.batch_size)
+    from pymatgen.core import Structure
+
+    single_json = Structure.from_str(single_cif, fmt="cif").to_json()
+    print(machine())
+    print(f"model: {args.model_uri} ({tracking_uri}); workers {args.workers}, torch threads {args.threads}")
+    print(f"single structure: {single_id} ({single_sites} sites); batch: {len(batch)} Li structures, {np.mean([b[2] for b in batch]):.1f} sites on average")
+
+    proc = log = None
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.url:
+            url = args.url.rstrip("/")
+            wait_ready(url, None)
+            startup = None
+        else:
+            proc, url, started, log = start_server(args.model_uri, args.workers, args.threads, tracking_uri, Path(workdir))
+        try:
+            if proc is not None:
+                wait_ready(url, proc)
+                startup = time.perf_counter() - started
+            one = body([(single_cif, "Li")])
+            one_json = body([(single_json, "Li")])
+            many = body([(cif, "Li") for _, cif, _ in batch])
+            with requests.Session() as s:
+                timed_posts(s, url, one, 20)  # warm-up: lazy imports, allocator, caches
+                timed_posts(s, url, many, 1)
+                single, single_err = timed_posts(s, url, one, args.n_single)
+                single_j, single_j_err = timed_posts(s, url, one_json, max(20, args.n_single // 2))
+                batches, batch_err = timed_posts(s, url, many, args.n_batches)
+            conc, conc_err, conc_wall = concurrent_posts(url, one, args.n_concurrent, args.clients)
+        finally:
+            if proc is not None:
+                stop_server(proc)
+                log.close()
+                server_log = (Path(workdir) / "server.log").read_text()
+                if "Traceback" in server_log:
+                    print("server log has tracebacks:\n" + server_log[-3000:])
+
+    rows = [
+        ("single CIF, sequential", f"{args.n_single} req", f"{pct(single, 50):.1f}", f"{pct(single, 90):.1f}", f"{pct(single, 99):.1f}", f"{len(single) / sum(single):.1f} req/s", single_err),
+        ("single JSON, sequential", f"{len(single_j)} req", f"{pct(single_j, 50):.1f}", f"{pct(single_j, 90):.1f}", f"{pct(single_j, 99):.1f}", f"{len(single_j) / sum(single_j):.1f} req/s", single_j_err),
+        (f"batch of {len(batch)} CIF, sequential", f"{args.n_batches} req", f"{pct(batches, 50):.0f}", f"{pct(batches, 90):.0f}", f"{pct(batches, 99):.0f}", f"{len(batch) * len(batches) / sum(batches):.0f} structures/s", batch_err),
+        (f"single CIF, {args.clients} concurrent clients", f"{len(conc)} req", f"{pct(conc, 50):.1f}", f"{pct(conc, 90):.1f}", f"{pct(conc, 99):.1f}", f"{len(conc) / conc_wall:.1f} req/s", conc_err),
+    ]
+    print()
+    if startup is not None:
+        print(f"server start-up to first /ping: {startup:.1f} s")
+    print("| scenario | requests | p50 ms | p90 ms | p99 ms | throughput | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(str(x) for x in r) + " |")
+
+    if not args.no_breakdown:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(f"\nIn-process stages of one request ({single_sites}-site CIF, median of 50, torch threads {args.threads}):")
+        print("| stage | ms |")
+        print("|---|---|")
+        stages = breakdown(args.model_uri, single_cif)
+        for name, ms in stages:
+            print(f"| {name} | {ms:.1f} |")
+        print(f"| HTTP + JSON + DataFrame + scoring server (server p50 - pyfunc predict) | {pct(single, 50) - stages[-1][1]:.1f} |")
+
+    from benchmarks.coverage import coverage_rows, format_rows
+
+    print("\nInterval coverage on the test split (90 % nominal):")
+    rows = coverage_rows()
+    print(format_rows(rows) if rows else "no voltage-cgcnn-<ion>@champion registered")
+
+
+if __name__ == "__main__":
+    main()

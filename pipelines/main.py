@@ -1,0 +1,101 @@
+"""Entry point `main`: the whole study in one command, reusing steps that already ran.
+
+curate -> train_li -> baselines (all ions) -> transfer (all ions) -> interpret -> router.
+Baselines run before transfer so that the transfer comparison tables include them. A step is
+reused when a FINISHED run of the same entry point with the same parameters and the same source
+version exists (MLflow's multistep-workflow pattern); otherwise it is launched with
+`mlflow.projects.run` and its run id feeds the next step.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from mlflow.utils import mlflow_tags
+
+from pipelines.common import main_guard, setup_tracking
+
+PROJECT = str(Path(__file__).resolve().parent.parent)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--profile", default="quick", choices=["quick", "paper"])
+    p.add_argument("--snapshot", default="")
+    p.add_argument("--seed", default="0")
+    p.add_argument("--interpret-ions", default="Li,Mg,Zn,Al")
+    return p.parse_args(argv)
+
+
+def _source_version() -> str | None:
+    try:
+        import git
+
+        return git.Repo(PROJECT, search_parent_directories=True).head.commit.hexsha
+    except Exception:  # not a git checkout: never reuse
+        return None
+
+
+def find_finished(entry_point: str, parameters: dict, version: str | None):
+    """A finished run of `entry_point` with exactly these parameters at this source version."""
+    if version is None:
+        return None
+    client = MlflowClient()
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiment_ids,
+        filter_string=f"tags.`{mlflow_tags.MLFLOW_PROJECT_ENTRY_POINT}` = '{entry_point}' and attributes.status = 'FINISHED' "
+        f"and tags.`{mlflow_tags.MLFLOW_GIT_COMMIT}` = '{version}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    wanted = {k: str(v) for k, v in parameters.items()}
+    for run in runs:
+        logged = run.data.params
+        if all(logged.get(k.replace("-", "_"), logged.get(k)) == v for k, v in wanted.items() if k in logged or k.replace("-", "_") in logged):
+            return run
+    return None
+
+
+def get_or_run(entry_point: str, parameters: dict, version: str | None) -> str:
+    existing = find_finished(entry_point, parameters, version)
+    if existing is not None:
+        print(f"[main] reusing {entry_point} run {existing.info.run_id}")
+        return existing.info.run_id
+    print(f"[main] running {entry_point} {parameters}")
+    submitted = mlflow.projects.run(PROJECT, entry_point, parameters=parameters, env_manager="local", synchronous=True)
+    return submitted.run_id
+
+
+@main_guard
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    setup_tracking()
+    version = _source_version()
+    with mlflow.start_run(run_name=f"main-{args.profile}") as run:
+        mlflow.set_tag("voltmodels.step", "main")
+        curate = get_or_run("curate", {"snapshot": args.snapshot, "seed": args.seed}, version)
+        common = {"dataset": curate, "profile": args.profile, "seed": args.seed}
+        steps = {"curate": curate}
+        steps["train_li"] = get_or_run("train_li", common, version)
+        steps["baselines"] = get_or_run("baselines", {**common, "ion": "all"}, version)
+        steps["transfer"] = get_or_run("transfer", {**common, "ion": "all"}, version)
+        if "interpret" in _entry_points():
+            for ion in [i.strip() for i in args.interpret_ions.split(",") if i.strip()]:
+                steps[f"interpret_{ion}"] = get_or_run("interpret", {"ion": ion, "dataset": curate}, version)
+        if "router" in _entry_points():
+            steps["router"] = get_or_run("router", {}, version)
+        mlflow.log_dict(steps, "steps.json")
+        print(f"[main] done: {steps}; main run {run.info.run_id}")
+
+
+def _entry_points() -> set[str]:
+    from mlflow.projects._project_spec import load_project
+
+    return set(load_project(PROJECT)._entry_points)
+
+
+if __name__ == "__main__":
+    main()

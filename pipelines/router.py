@@ -1,0 +1,123 @@
+"""Entry point `router`: bundle every ion's champion CGCNN into the `voltage-predictor` pyfunc and register it.
+
+For every registered `voltage-cgcnn-<ion>` that has a `@champion` alias now, the champion's model folder is
+downloaded and bundled inside the router, which is logged, registered as `voltage-predictor` and (by
+default) made its champion: a router built from the current champions is the current best router.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipelines.common import main_guard, step_run
+from voltmodels import registry
+from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
+
+PREFIX = registry.cgcnn_name("")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--ions", default="all", help="comma-separated ions to include, or 'all' (every ion with a champion)")
+    p.add_argument("--register", default="true", choices=["true", "false"])
+    p.add_argument("--promote", default="true", choices=["true", "false"], help="move voltage-predictor@champion to the new version")
+    return p.parse_args(argv)
+
+
+def _ion_order(ion: str) -> tuple:
+    return (SUPPORTED_IONS.index(ion) if ion in SUPPORTED_IONS else len(SUPPORTED_IONS), ion)
+
+
+def champion_members(ions: str = "all") -> dict:
+    """{ion: champion ModelVersion} for every registered voltage-cgcnn-<ion> with a champion alias."""
+    client = MlflowClient()
+    names = set()
+    token = None
+    while True:
+        page = client.search_registered_models(filter_string=f"name LIKE '{PREFIX}%'", max_results=200, page_token=token)
+        names.update(m.name for m in page)
+        token = page.token
+        if not token:
+            break
+    wanted = None if ions.strip().lower() == "all" else {i.strip() for i in ions.split(",") if i.strip()}
+    members = {}
+    for name in names:
+        ion = name[len(PREFIX) :]
+        if wanted is not None and ion not in wanted:
+            continue
+        version = registry.champion_version(name)
+        if version is not None:
+            members[ion] = version
+    if wanted is not None and (missing := sorted(wanted - set(members))):
+        raise VoltmodelsError(f"No champion for ion(s) {', '.join(missing)}: register {', '.join(PREFIX + i for i in missing)} with a @{registry.CHAMPION} alias first.")
+    if not members:
+        raise VoltmodelsError(
+            f"No {PREFIX}<ion>@{registry.CHAMPION} in the registry at {mlflow.get_tracking_uri()}; train one first (e.g. mlflow run . -e train_li)."
+        )
+    return {ion: members[ion] for ion in sorted(members, key=_ion_order)}
+
+
+def _float_tag(version, key: str):
+    try:
+        return float(version.tags[key])
+    except (KeyError, ValueError):
+        return None
+
+
+@main_guard
+def main(argv=None) -> str | None:
+    from serving.router import log_router_model
+
+    args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with step_run("router", {"ions": args.ions, "register": args.register, "promote": args.promote}) as run:
+        champions = champion_members(args.ions)
+        members = {}
+        for ion, v in champions.items():
+            info = {"name": v.name, "version": str(v.version), "run_id": v.run_id or "", "source": v.source}
+            for key in ("val_mae", "test_mae", "test_interval_coverage", "method"):
+                if key in v.tags:
+                    info[key] = v.tags[key]
+            members[ion] = info
+        print("Router members: " + ", ".join(f"{ion}: {m['name']} v{m['version']}" for ion, m in members.items()))
+        mlflow.set_tag("router_members", ",".join(f"{m['name']}:{m['version']}" for m in members.values()))
+        mlflow.log_metric("n_ions", len(members))
+        for ion, v in champions.items():
+            for key in ("val_mae", "test_mae", "test_interval_coverage"):
+                if (value := _float_tag(v, key)) is not None:
+                    mlflow.log_metric(f"{key}_{ion}", value)
+        register = args.register == "true"
+        with tempfile.TemporaryDirectory() as tmp:
+            folders = {}
+            for ion, v in champions.items():
+                folders[ion] = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{v.name}/{v.version}", dst_path=str(Path(tmp) / f"{v.name}-v{v.version}"))
+            info = log_router_model(members, folders, registry.ROUTER_NAME, registry.next_version(registry.ROUTER_NAME) if register else "")
+        if not register:
+            print(f"Router logged as {info.model_uri} (not registered)")
+            return run.info.run_id
+        maes = [m for m in (_float_tag(v, "val_mae") for v in champions.values()) if m is not None]
+        tags = {"ions": ",".join(members), **{f"member_{ion}": f"{m['name']}:{m['version']}" for ion, m in members.items()}, "run_id": run.info.run_id}
+        for ion, m in members.items():
+            if "test_interval_coverage" in m:
+                tags[f"test_interval_coverage_{ion}"] = m["test_interval_coverage"]
+        description = "Routes rows by working_ion to: " + ", ".join(f"{m['name']} v{m['version']}" for m in members.values())
+        # val_mae: mean of the members' (informative; the router's quality is its members').
+        version, promoted = registry.register(info.model_uri, registry.ROUTER_NAME, sum(maes) / len(maes) if maes else float("inf"), tags, description)
+        if args.promote == "true" and not promoted:
+            client = MlflowClient()
+            client.set_registered_model_alias(registry.ROUTER_NAME, registry.CHAMPION, version)
+            client.set_model_version_tag(registry.ROUTER_NAME, version, "champion_at_registration", "true")
+            promoted = True
+        mlflow.set_tags({"registered_model": registry.ROUTER_NAME, "registered_version": version, "became_champion": str(promoted).lower()})
+        print(f"Router registered as {registry.ROUTER_NAME} version {version}" + (f" (@{registry.CHAMPION})" if promoted else ""))
+    return run.info.run_id
+
+
+if __name__ == "__main__":
+    main()

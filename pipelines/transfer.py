@@ -1,0 +1,161 @@
+"""Entry point `transfer`: Li CGCNN -> another ion, compared on the same splits with Li-direct,
+scratch, fine-tuning and the SVR/KRR/RFR baselines; the best transferred model is registered."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pipelines.common import as_int, STEP_TAG, main_guard, step_run
+from pipelines.evaluation import log_final_model
+from voltmodels import plots
+from voltmodels.config import VoltmodelsError, set_torch_threads
+from voltmodels.data.dataset import load_dataset
+from voltmodels.featurized import dataset_graphs
+from voltmodels.registry import resolve_model_uri
+from voltmodels.training import build_graph_sets, predict, regression_metrics
+from voltmodels.transfer import METHODS, MIN_ROWS, TRAINED_METHODS, TransferConfig, fit_method
+from voltmodels.tuning import profile
+
+SPLITS = ("random", "framework")
+BASELINE_METRIC = re.compile(r"^(framework_)?(svr|krr|rfr)_test_mae_(mean|std)$")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--ion", required=True, help="working ion, or 'all' for every non-Li ion of the dataset")
+    p.add_argument("--base-model", default="models:/voltage-cgcnn-Li@champion")
+    p.add_argument("--mode", default="both", choices=["freeze", "finetune", "both"])
+    p.add_argument("--dataset", default="latest")
+    p.add_argument("--profile", default="quick", choices=["quick", "paper"])
+    p.add_argument("--n-repeats", type=as_int, default=0, help="seeded splits; 0: the profile's")
+    p.add_argument("--epochs", type=as_int, default=0, help="0: the profile's")
+    p.add_argument("--lr-freeze", type=float, default=TransferConfig.lr_freeze)
+    p.add_argument("--lr-finetune", type=float, default=TransferConfig.lr_finetune)
+    p.add_argument("--split", default="both", choices=["random", "framework", "both"])
+    p.add_argument("--seed", type=as_int, default=0)
+    p.add_argument("--register", default="true", choices=["true", "false"])
+    return p.parse_args(argv)
+
+
+def load_base(uri: str):
+    resolve_model_uri(uri)
+    try:
+        wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    except Exception as exc:  # the registry/artifact store raise many types
+        raise VoltmodelsError(f"Base model {uri} could not be loaded ({type(exc).__name__}: {exc}).") from exc
+    if not hasattr(wrapper, "model") or not hasattr(wrapper, "settings"):
+        raise VoltmodelsError(f"Base model {uri} is not a voltmodels CGCNN model.")
+    return wrapper.model, wrapper.settings
+
+
+def baseline_metrics(ion: str, digest: str) -> dict[str, float]:
+    """MAE mean/std of the latest baselines run for this ion and dataset, when one exists."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.ion = '{ion}' and tags.dataset_digest = '{digest}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    for run in runs:
+        found = {k: v for k, v in run.data.metrics.items() if BASELINE_METRIC.match(k)}
+        if found:
+            return found
+    return {}
+
+
+def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
+    rows_all = dataset.rows(ion)
+    if len(rows_all) < MIN_ROWS:
+        raise VoltmodelsError(f"Working ion {ion} has only {len(rows_all)} electrodes in dataset {dataset.digest}; transfer needs at least {MIN_ROWS}.")
+    graphs, errors = dataset_graphs(dataset, ion, settings, progress=False)
+    methods = [m for m in METHODS if args.mode == "both" or m not in TRAINED_METHODS or m == args.mode]
+    config = TransferConfig(epochs=args.epochs or prof.transfer_epochs, patience=prof.patience, lr_freeze=args.lr_freeze, lr_finetune=args.lr_finetune, seed=args.seed)
+    n_repeats = args.n_repeats or prof.n_repeats
+    splits = SPLITS if args.split == "both" else (args.split,)
+    mlflow.set_tags({"ion": ion, "dataset_digest": dataset.digest, "base_model": args.base_model, "mode": args.mode})
+    mlflow.log_metrics({"n_electrodes": len(rows_all), "n_graph_errors": len(errors), "n_repeats": n_repeats})
+    records, keep = [], {}
+    for strategy in splits:
+        prefix = "" if strategy == "random" else f"{strategy}_"
+        for repeat in range(n_repeats):
+            rows = dataset.split(ion, strategy, repeat)
+            sets = build_graph_sets(rows, graphs)
+            if min(len(sets["train"]), len(sets["val"]), len(sets["test"])) < 2:
+                raise VoltmodelsError(f"Working ion {ion} has too few electrodes for a {strategy} train/val/test split ({len(rows_all)} rows).")
+            pairs = {}
+            for method in methods:
+                started = time.perf_counter()
+                model, result = fit_method(method, base, sets, settings, config)
+                test_pred = predict(model, sets["test"], settings)
+                val_mae = regression_metrics(sets["val"].targets, predict(model, sets["val"], settings))["mae"]
+                metrics = regression_metrics(sets["test"].targets, test_pred)
+                records.append({"ion": ion, "split": strategy, "repeat": repeat, "method": method, "val_mae": val_mae, **{f"test_{k}": v for k, v in metrics.items()}, "seconds": time.perf_counter() - started})
+                mlflow.log_metric(f"{prefix}{method}_test_mae", metrics["mae"], step=repeat)
+                pairs[method] = (sets["test"].targets, test_pred)
+                if strategy == "random" and repeat == 0 and method in TRAINED_METHODS:
+                    keep[method] = (model, sets, rows)
+            if repeat == 0:
+                fig = plots.parity_plot(pairs, f"{ion} test, {strategy} split")
+                mlflow.log_figure(fig, f"parity_{ion}_{strategy}.png")
+                plots.close(fig)
+    table = pd.DataFrame(records)
+    summary = table.groupby(["ion", "split", "method"], sort=False).agg(
+        mae_mean=("test_mae", "mean"), mae_std=("test_mae", "std"), rmse_mean=("test_rmse", "mean"), r2_mean=("test_r2", "mean"), val_mae_mean=("val_mae", "mean")
+    ).reset_index()
+    for row in summary.itertuples():
+        prefix = "" if row.split == "random" else f"{row.split}_"
+        mlflow.log_metrics({f"{prefix}{row.method}_test_mae_mean": row.mae_mean, f"{prefix}{row.method}_test_mae_std": 0.0 if np.isnan(row.mae_std) else row.mae_std, f"{prefix}{row.method}_test_rmse_mean": row.rmse_mean, f"{prefix}{row.method}_test_r2_mean": row.r2_mean})
+    baselines = baseline_metrics(ion, dataset.digest)
+    for name, value in baselines.items():
+        match = BASELINE_METRIC.match(name)
+        split = (match.group(1) or "random_").rstrip("_")
+        if match.group(3) == "mean" and split in splits:
+            std = baselines.get(name.replace("_mean", "_std"), np.nan)
+            summary.loc[len(summary)] = {"ion": ion, "split": split, "method": match.group(2), "mae_mean": value, "mae_std": std}
+    mlflow.log_table(summary, f"comparison_{ion}.json")
+    mlflow.log_text(summary.to_csv(index=False), f"comparison_{ion}.csv")
+    mlflow.log_text(table.to_csv(index=False), f"per_repeat_{ion}.csv")
+    versions = {}
+    if args.register == "true":
+        for method, (model, sets, rows) in keep.items():
+            versions[method] = log_final_model(
+                model, ion, sets, settings, dataset, rows, method=method, metric_prefix=f"{method}_final_",
+                tags={"base_model": args.base_model, "mode": method, "frozen_layers": "embedding,convs" if method == "freeze" else "none"},
+            )
+    return {"summary": summary, "versions": versions}
+
+
+@main_guard
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    set_torch_threads()
+    prof = profile(args.profile)
+    with step_run("transfer", vars(args)) as parent:
+        dataset = load_dataset(args.dataset)
+        base, settings = load_base(args.base_model)
+        ions = [i for i in dataset.ions if i != "Li"] if args.ion == "all" else [args.ion]
+        if args.ion != "all" and args.ion not in dataset.ions:
+            raise VoltmodelsError(f"Unknown working ion {args.ion!r}; dataset {dataset.digest} has {', '.join(dataset.ions)}.")
+        summaries = []
+        for ion in ions:
+            if len(ions) == 1:
+                result = transfer_ion(ion, dataset, base, settings, args, prof)
+            else:
+                with mlflow.start_run(run_name=f"transfer-{ion}", nested=True):
+                    mlflow.set_tag(STEP_TAG, "transfer_ion")
+                    result = transfer_ion(ion, dataset, base, settings, args, prof)
+            summaries.append(result["summary"])
+            print(result["summary"].to_string(index=False))
+        combined = pd.concat(summaries, ignore_index=True)
+        mlflow.log_text(combined.to_csv(index=False), "comparison.csv")
+    return parent.info.run_id
+
+
+if __name__ == "__main__":
+    main()

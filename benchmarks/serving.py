@@ -10,10 +10,17 @@ protocol ({"dataframe_split": ...} to /invocations):
 * single: one ~30-atom Li structure as CIF, --n-single sequential requests: p50 / p90 / p99;
 * single (JSON): the same structure as pymatgen Structure JSON (no CIF parsing on the server);
 * batch: --n-batches sequential requests of 100 distinct Li structures (CIF): structures per second;
+* ping: GET /ping, the bare HTTP round trip through uvicorn;
 * concurrent: --n-concurrent single-structure requests from --clients threads: req/s, p50/p99, errors;
 
 and, in process, where a single request's time goes (CIF parsing, graph, model, MLflow/HTTP overhead).
 Ends with the test-split interval coverage per ion (benchmarks/coverage.py).
+
+Serve with one worker (the default). With `-w 2` or more, uvicorn binds the socket itself with
+`socket.socket(family)` (proto 0), so asyncio never sets TCP_NODELAY on the accepted connections and every
+keep-alive request waits ~40 ms for Nagle + delayed ACK (measured here: /ping 1.4 ms with 1 worker, ~49 ms
+with 2; single-structure p50 68 ms instead of 20-27 ms). On 2 shared cores one worker is also the faster
+choice for throughput; scale out with several single-worker servers behind a proxy instead.
 """
 
 from __future__ import annotations
@@ -167,7 +174,7 @@ def pct(times: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(times) * 1000.0, q))
 
 
-def breakdown(model_uri: str, cif: str, n: int = 50) -> list[tuple[str, float]]:
+def breakdown(model_uri: str, cif: str, n: int = 100) -> list[tuple[str, float]]:
     """In-process medians (ms) of the request path's stages for one structure."""
     import mlflow
     import pandas as pd
@@ -179,7 +186,17 @@ def breakdown(model_uri: str, cif: str, n: int = 50) -> list[tuple[str, float]]:
     router = model.unwrap_python_model().router
     frame = pd.DataFrame({"structure": [cif], "working_ion": ["Li"]})
     predictor = router.predictors["Li"]
-    stages = {"parse_rows (CIF -> Structure)": [], "crystal graph": [], "CGCNN forward + table": [], "pyfunc predict (all, incl. schema check)": []}
+    from mlflow.pyfunc.scoring_server import invocations
+
+    payload = body([(cif, "Li")])
+    schema = model.metadata.get_input_schema()
+    stages = {
+        "parse_rows (CIF -> Structure)": [],
+        "crystal graph": [],
+        "CGCNN forward + output table": [],
+        "pyfunc predict (the above + schema check)": [],
+        "scoring_server.invocations (JSON -> DataFrame -> predict -> JSON)": [],
+    }
     for _ in range(n):
         t0 = time.perf_counter()
         parsed = parse_rows(frame, router.supported_ions)
@@ -190,7 +207,9 @@ def breakdown(model_uri: str, cif: str, n: int = 50) -> list[tuple[str, float]]:
         t3 = time.perf_counter()
         model.predict(frame)
         t4 = time.perf_counter()
-        for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        assert invocations(payload, "application/json", model, schema).status == 200
+        t5 = time.perf_counter()
+        for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             stages[key].append(value * 1000)
     return [(k, statistics.median(v)) for k, v in stages.items()]
 
@@ -247,6 +266,11 @@ def main(argv=None) -> None:
                 single, single_err = timed_posts(s, url, one, args.n_single)
                 single_j, single_j_err = timed_posts(s, url, one_json, max(20, args.n_single // 2))
                 batches, batch_err = timed_posts(s, url, many, args.n_batches)
+                pings = []
+                for _ in range(100):  # the bare HTTP round trip through uvicorn
+                    t = time.perf_counter()
+                    s.get(f"{url}/ping", timeout=10)
+                    pings.append(time.perf_counter() - t)
             conc, conc_err, conc_wall = concurrent_posts(url, one, args.n_concurrent, args.clients)
         finally:
             if proc is not None:
@@ -260,6 +284,7 @@ def main(argv=None) -> None:
         ("single CIF, sequential", f"{args.n_single} req", f"{pct(single, 50):.1f}", f"{pct(single, 90):.1f}", f"{pct(single, 99):.1f}", f"{len(single) / sum(single):.1f} req/s", single_err),
         ("single JSON, sequential", f"{len(single_j)} req", f"{pct(single_j, 50):.1f}", f"{pct(single_j, 90):.1f}", f"{pct(single_j, 99):.1f}", f"{len(single_j) / sum(single_j):.1f} req/s", single_j_err),
         (f"batch of {len(batch)} CIF, sequential", f"{args.n_batches} req", f"{pct(batches, 50):.0f}", f"{pct(batches, 90):.0f}", f"{pct(batches, 99):.0f}", f"{len(batch) * len(batches) / sum(batches):.0f} structures/s", batch_err),
+        ("GET /ping (HTTP round trip only)", f"{len(pings)} req", f"{pct(pings, 50):.1f}", f"{pct(pings, 90):.1f}", f"{pct(pings, 99):.1f}", f"{len(pings) / sum(pings):.1f} req/s", 0),
         (f"single CIF, {args.clients} concurrent clients", f"{len(conc)} req", f"{pct(conc, 50):.1f}", f"{pct(conc, 90):.1f}", f"{pct(conc, 99):.1f}", f"{len(conc) / conc_wall:.1f} req/s", conc_err),
     ]
     print()
@@ -274,13 +299,13 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(f"\nIn-process stages of one request ({single_sites}-site CIF, median of 50, torch threads {args.threads}):")
+        print(f"\nIn-process stages of one request ({single_sites}-site CIF, median of 100, torch threads {args.threads}):")
         print("| stage | ms |")
         print("|---|---|")
         stages = breakdown(args.model_uri, single_cif)
         for name, ms in stages:
             print(f"| {name} | {ms:.1f} |")
-        print(f"| HTTP + JSON + DataFrame + scoring server (server p50 - pyfunc predict) | {pct(single, 50) - stages[-1][1]:.1f} |")
+        print(f"| (server, over HTTP: single CIF request p50) | {pct(single, 50):.1f} |")
 
     from benchmarks.coverage import coverage_rows, format_rows
 

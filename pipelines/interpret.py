@@ -154,7 +154,7 @@ def interpret(args) -> dict:
         metrics.update({k: v for k, v in r.items() if np.isfinite(v)})
         metrics.update({"n_elements": len(emap.table), "element_pc1_variance": float(emap.explained_variance[0]), "element_pc2_variance": float(emap.explained_variance[1])})
         emap.table.to_csv(out / "element_map.csv", index=False, float_format="%.6g")
-        _log_figure(interp.element_map_figure(emap, f"Element representations after the embedding: {ion_label}"), "element_map.png")
+        _log_figure(interp.element_map_figure(emap, f"Element representations after the embedding layer, PCA:\n{ion_label}"), "element_map.png")
         summary["element_map"] = {
             "n_elements": len(emap.table),
             "explained_variance": emap.explained_variance.round(4).tolist(),
@@ -196,7 +196,7 @@ def interpret(args) -> dict:
             metrics.update({k: v for k, v in env_r.items() if np.isfinite(v)})
             metrics.update({"env_pc1_variance": float(ratio[0]), "env_pc2_variance": float(ratio[1])})
             _log_figure(
-                interp.environment_figure(coords, volts, oxygen["element"], f"Oxygen environments after the last convolution, PCA: {ion_label}",
+                interp.environment_figure(coords, volts, oxygen["element"], f"Oxygen environments after the last convolution, PCA:\n{ion_label}",
                                           (f"Dimension 1 (PC1, {ratio[0]:.0%})", f"Dimension 2 (PC2, {ratio[1]:.0%})")),
                 "local_env_pca.png",
             )
@@ -208,7 +208,7 @@ def interpret(args) -> dict:
                 oxygen.loc[index, "tsne1"], oxygen.loc[index, "tsne2"] = embedded[:, 0], embedded[:, 1]
                 _log_figure(
                     interp.environment_figure(embedded, volts[index], oxygen["element"].to_numpy()[index],
-                                              f"Oxygen environments, t-SNE of {len(index)} of {env.n_oxygen_environments}: {ion_label}", ("t-SNE 1", "t-SNE 2")),
+                                              f"Oxygen environments after the last convolution, t-SNE of {len(index)} of {env.n_oxygen_environments}:\n{ion_label}", ("t-SNE 1", "t-SNE 2")),
                     "local_env_tsne.png",
                 )
                 metrics.update({"tsne_points": len(index), "tsne_seconds": tsne_seconds})
@@ -219,7 +219,7 @@ def interpret(args) -> dict:
         medians.to_csv(out / "local_voltage_by_element.csv", index=False, float_format="%.5g")
         if len(medians):
             _log_figure(
-                interp.periodic_table_figure(medians, f"Median local voltage in oxygen environments (Eq. 2): {ion_label}"),
+                interp.periodic_table_figure(medians, f"Median local voltage (Eq. 2) of the atoms in oxygen environments: {ion_label}"),
                 "local_voltage_periodic_table.png",
             )
         summary["local_voltages"]["median_by_element"] = {row.element: round(float(row.median), 3) for row in medians.itertuples()}

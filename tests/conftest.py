@@ -32,6 +32,9 @@ def isolated_tracking(tmp_path_factory):
     os.environ.setdefault("VOLTMODELS_CACHE", str(REPO / ".voltmodels_cache"))
     import mlflow
 
+    from voltmodels.config import set_torch_threads
+
+    set_torch_threads()  # pinned: in-process training beside servers and subprocesses must not stall
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     yield root
     for key, value in old.items():
@@ -41,8 +44,13 @@ def isolated_tracking(tmp_path_factory):
             os.environ[key] = value
 
 
+FCC = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
+
+
 def rocksalt(a: float, cation: str, anion: str = "O") -> Structure:
-    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [cation, anion], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    """Conventional rock-salt cell (8 sites), written out: from_spacegroup costs seconds per call."""
+    anion_sites = [[(x + 0.5) % 1, y, z] for x, y, z in FCC]
+    return Structure(Lattice.cubic(a), [cation] * 4 + [anion] * 4, FCC + anion_sites)
 
 
 def fixture_electrodes(n_per_ion: int = 30, ions=("Li", "Mg"), seed: int = 0) -> tuple[pd.DataFrame, dict]:

@@ -40,7 +40,7 @@ def test_missing_and_corrupt_structures_are_counted_drops():
     rules = dropped_rules(result)
     assert rules["mp-Li0_Li"] == "missing_structure"
     assert rules["mp-Li1_Li"] == "missing_structure"
-    assert "could not be parsed" in result.dropped.set_index("battery_id").loc["mp-Li1_Li", "detail"]
+    assert "could not parse CIF" in result.dropped.set_index("battery_id").loc["mp-Li1_Li", "detail"]
     assert result.counts.loc["Li", "missing_structure"] == 28
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 
-import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient

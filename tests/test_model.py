@@ -1,0 +1,102 @@
+"""CGCNN model and training mechanics on small real-looking crystals built here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import rocksalt
+from voltmodels.graphs.batch import collate
+from voltmodels.graphs.featurize import GraphSettings, structure_to_graph
+from voltmodels.model import CGCNN, CGCNNConfig, load_checkpoint, save_checkpoint
+from voltmodels.training import GraphSet, TrainConfig, conformal_halfwidth, fit_local_head, predict, train
+
+SETTINGS = GraphSettings()
+
+
+def toy_set(n: int, seed: int = 0) -> GraphSet:
+    """Rock salts whose 'voltage' is a smooth function of lattice constant and cation."""
+    rng = np.random.default_rng(seed)
+    graphs, targets = [], []
+    for k in range(n):
+        a = 3.9 + 0.6 * rng.random()
+        cation = ["Co", "Ni", "Mn"][k % 3]
+        s = rocksalt(a, cation)
+        s.replace(0, "Li")
+        graphs.append(structure_to_graph(s, SETTINGS))
+        targets.append(2.0 + 3.0 * (a - 3.9) + 0.5 * (k % 3))
+    return GraphSet(graphs=graphs, targets=np.asarray(targets, np.float32), ids=[str(i) for i in range(n)])
+
+
+def small_model() -> CGCNN:
+    torch.manual_seed(0)
+    return CGCNN(CGCNNConfig(atom_fea_len=16, h_fea_len=16, n_conv=2, edge_fea_len=SETTINGS.n_edge_features))
+
+
+def test_prediction_does_not_depend_on_batch_companions_or_atom_order():
+    data = toy_set(6)
+    model = small_model().eval()
+    together = predict(model, data, SETTINGS)
+    alone = np.array([predict(model, GraphSet([g], data.targets[i : i + 1], ["x"]), SETTINGS)[0] for i, g in enumerate(data.graphs)])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
+    s = rocksalt(4.1, "Co")
+    s.replace(0, "Li")
+    np.random.seed(0)
+    s.perturb(0.05)  # break the rock salt's equal-distance ties at the 12-neighbour cut
+    reordered = s.copy()
+    reordered.reverse()  # same crystal, sites in the opposite order
+    a = model.predict_volts(collate([structure_to_graph(s, SETTINGS)], SETTINGS))
+    b = model.predict_volts(collate([structure_to_graph(reordered, SETTINGS)], SETTINGS))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_training_learns_and_keeps_the_best_epoch():
+    train_set, val_set = toy_set(48, seed=1), toy_set(12, seed=2)
+    before = np.abs(predict(small_model(), val_set, SETTINGS) - val_set.targets).mean()
+    result = train(small_model(), train_set, val_set, SETTINGS, TrainConfig(epochs=40, learning_rate=5e-3, batch_size=16, patience=40), progress=False)
+    after = np.abs(predict(result.model, val_set, SETTINGS) - val_set.targets).mean()
+    assert after < 0.5 * before
+    assert after == pytest.approx(result.best_val_mae, rel=1e-4)
+    assert result.history[result.best_epoch]["val_mae"] == pytest.approx(result.best_val_mae)
+
+
+def test_freezing_trains_only_the_hidden_and_output_layers():
+    train_set, val_set = toy_set(24, seed=3), toy_set(8, seed=4)
+    model = small_model()
+    frozen_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(CGCNN.HEAD_LAYERS)}
+    head_before = model.fc_out.weight.clone()
+    result = train(model, train_set, val_set, SETTINGS, TrainConfig(epochs=5, trainable="head", batch_size=8), progress=False)
+    for key, value in result.model.state_dict().items():
+        if key in frozen_before and key not in ("target_mean", "target_std"):
+            assert torch.equal(value, frozen_before[key]), f"{key} changed although frozen"
+    assert not torch.equal(result.model.fc_out.weight, head_before)
+
+
+def test_local_voltages_average_to_the_local_head_prediction():
+    data = toy_set(30, seed=5)
+    model = small_model().eval()
+    model.set_target_scaler(data.targets.mean(), data.targets.std())
+    fit_local_head(model, data, SETTINGS)
+    batch = collate(data.graphs, SETTINGS)
+    with torch.no_grad():
+        local = model.local_voltages(batch)
+        pooled = model.pooled(batch)
+        from_head = model.local_head(pooled).squeeze(1) * model.target_std + model.target_mean
+    per_crystal = torch.zeros(len(data)).index_add_(0, batch.crystal_index, local) / torch.bincount(batch.crystal_index)
+    assert torch.allclose(per_crystal, from_head, atol=1e-4)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = small_model().eval()
+    model.set_target_scaler(3.2, 1.1)
+    save_checkpoint(model, tmp_path / "m.pt", SETTINGS.to_dict(), {"ion": "Li"})
+    loaded, settings, extra = load_checkpoint(tmp_path / "m.pt")
+    data = toy_set(4)
+    np.testing.assert_allclose(predict(model, data, SETTINGS), predict(loaded, data, GraphSettings.from_dict(settings)))
+    assert extra["ion"] == "Li"
+
+
+def test_conformal_halfwidth_is_the_right_order_statistic():
+    residual = np.arange(1, 20, dtype=float)  # n = 19, ceil(20 * 0.9) = 18th smallest
+    assert conformal_halfwidth(np.zeros(19), residual, 0.9) == 18.0

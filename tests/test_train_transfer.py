@@ -1,0 +1,78 @@
+"""train_li and transfer entry points on the quick profile, against the session's tracking store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, run_entry_point
+from voltmodels import registry
+
+
+def test_train_li_registers_a_champion_with_metrics(li_champion):
+    version = MlflowClient().get_model_version_by_alias("voltage-cgcnn-Li", "champion")
+    for tag in ("val_mae", "test_mae", "dataset_digest", "trial_params"):
+        assert tag in version.tags
+    run = mlflow.get_run(version.tags["run_id"])
+    assert run.data.metrics["test_mae"] > 0
+    assert {"parity_Li_cgcnn.png", "optuna_history.png"} <= {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    children = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'", output_format="list")
+    assert len(children) >= 1 and all("val_mae" in c.data.metrics for c in children)
+
+
+def test_champion_moves_only_on_better_validation(li_champion):
+    champion = registry.champion_version("voltage-cgcnn-Li")
+    uri = f"models:/voltage-cgcnn-Li/{champion.version}"
+    worse, moved = registry.register(uri, "voltage-cgcnn-Li", float(champion.tags["val_mae"]) + 1.0, {"note": "worse"})
+    assert not moved and registry.champion_version("voltage-cgcnn-Li").version == champion.version
+    better, moved = registry.register(uri, "voltage-cgcnn-Li", float(champion.tags["val_mae"]) - 0.01, {"note": "better"})
+    assert moved and registry.champion_version("voltage-cgcnn-Li").version == better
+    MlflowClient().set_registered_model_alias("voltage-cgcnn-Li", "champion", champion.version)  # restore for other tests
+
+
+@pytest.fixture(scope="session")
+def mg_transfer(li_champion):
+    run_entry_point("pipelines.transfer", "--ion", "Mg", "--profile", "quick", "--n-repeats", "2", "--epochs", "3")
+    return mlflow.search_runs(search_all_experiments=True, filter_string="tags.`voltmodels.step` = 'transfer' and tags.ion = 'Mg'", output_format="list")[0]
+
+
+def test_transfer_logs_every_method_on_both_splits(mg_transfer):
+    metrics = mg_transfer.data.metrics
+    for prefix in ("", "framework_"):
+        for method in ("li_direct", "scratch", "freeze", "finetune"):
+            assert f"{prefix}{method}_test_mae_mean" in metrics
+            assert f"{prefix}{method}_test_mae_std" in metrics
+    history = MlflowClient().get_metric_history(mg_transfer.info.run_id, "freeze_test_mae")
+    assert len(history) == 2  # one per repeat
+    artifacts = {a.path for a in MlflowClient().list_artifacts(mg_transfer.info.run_id)}
+    assert {"comparison_Mg.csv", "parity_Mg_random.png"} <= artifacts
+
+
+def test_transfer_registers_an_ion_champion(mg_transfer):
+    champion = registry.champion_version("voltage-cgcnn-Mg")
+    assert champion is not None
+    assert champion.tags["mode"] in ("freeze", "finetune")
+    assert champion.tags["base_model"] == "models:/voltage-cgcnn-Li@champion"
+    model = mlflow.pyfunc.load_model("models:/voltage-cgcnn-Mg@champion")
+    assert model.metadata.get_input_schema().input_names() == ["structure", "working_ion"]
+
+
+def run_transfer(*args):
+    return subprocess.run([sys.executable, "-m", "pipelines.transfer", *args], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ion", "Unobtainium"], "Unknown working ion 'Unobtainium'"),
+        (["--ion", "Mg", "--base-model", "models:/no-such-model@champion"], "does not exist in the registry"),
+    ],
+)
+def test_transfer_bad_params_are_one_sentence(li_champion, args, message):
+    proc = run_transfer(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -28,7 +28,7 @@ PROFILES = {
     # CI: minutes on 2 cores, exercises every code path.
     "quick": Profile(n_trials=2, epochs=3, patience=3, n_repeats=2, transfer_epochs=5),
     # The real numbers.
-    "paper": Profile(n_trials=8, epochs=120, patience=25, n_repeats=5, transfer_epochs=200),
+    "paper": Profile(n_trials=8, epochs=120, patience=25, n_repeats=5, transfer_epochs=120),
 }
 
 #: Defaults from the reference CGCNN / the paper (used as the first trial).

@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="latest", help="curate run id or dataset folder (default: latest curate run)")
     p.add_argument("--profile", default="quick", choices=["quick", "paper"])
-    p.add_argument("--n-trials", type=as_int, default=0, help="0: the profile's")
+    p.add_argument("--n-trials", type=as_int, default=0, help="trials the study should have (resumes an existing study); 0: the profile's")
     p.add_argument("--epochs", type=as_int, default=0, help="max epochs per trial; 0: the profile's")
     p.add_argument("--timeout", type=float, default=0, help="seconds for the search; 0: none")
     p.add_argument("--storage", default="", help="Optuna RDB URL (default: SQLite in the cache folder)")
@@ -79,6 +79,13 @@ def make_objective(sets, settings: GraphSettings, epochs: int, patience: int, se
             return result.best_val_mae
 
     return objective
+
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def run_workers(study, objective, args, total_trials: int, timeout: float | None) -> None:
@@ -139,9 +146,10 @@ def main(argv=None) -> str | None:
         study = create_study(study_name, storage, args.seed)
         args.dataset_resolved = str(dataset.folder)
         args.epochs_resolved, args.storage_resolved, args.parent_run_id = epochs, storage, parent.info.run_id
-        total = len(study.trials) + n_trials
+        # n_trials is the study's target: rerunning with the same study resumes it up to the target.
         started = time.perf_counter()
-        run_workers(study, make_objective(sets, settings, epochs, prof.patience, args.seed, parent.info.run_id), args, total, args.timeout or None)
+        if finished_trials(study) < n_trials:
+            run_workers(study, make_objective(sets, settings, epochs, prof.patience, args.seed, parent.info.run_id), args, n_trials, args.timeout or None)
         states = [t.state.name for t in study.trials]
         mlflow.log_metrics(
             {"search_seconds": time.perf_counter() - started, "n_trials_total": len(states), "n_trials_complete": states.count("COMPLETE"), "n_trials_pruned": states.count("PRUNED")}

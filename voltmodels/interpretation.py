@@ -46,7 +46,7 @@ import torch
 
 from voltmodels.config import VoltmodelsError
 from voltmodels.graphs.batch import collate
-from voltmodels.graphs.encoding import _PYYKKO_COVALENT_RADIUS, MAX_ATOMIC_NUMBER, element_feature_table
+from voltmodels.graphs.encoding import COVALENT_RADII_PYYKKO, MAX_ATOMIC_NUMBER, element_feature_table
 from voltmodels.graphs.featurize import CrystalGraph, GraphSettings
 
 OXYGEN = 8
@@ -115,7 +115,7 @@ def element_symbol(z: int) -> str:
 def covalent_radius(z: int) -> float:
     """Single-bond covalent radius in Angstrom (Pyykkoe & Atsumi 2009), the radius the encoding bins."""
     _period_and_offset(z)
-    return float(_PYYKKO_COVALENT_RADIUS[z - 1])
+    return float(COVALENT_RADII_PYYKKO[z - 1])
 
 
 def group_label(group: int) -> str:
@@ -220,7 +220,7 @@ def element_map(model, atomic_numbers: Sequence[int], seed: int = 0) -> ElementM
 
 def bond_cutoffs(tolerance: float) -> np.ndarray:
     """(MAX_ATOMIC_NUMBER + 1,) maximum centre-O bond length per centre atomic number (index 0 unused)."""
-    radii = np.array([0.0, *_PYYKKO_COVALENT_RADIUS], dtype=np.float64)
+    radii = np.array([0.0, *COVALENT_RADII_PYYKKO], dtype=np.float64)
     return tolerance * (radii + radii[OXYGEN])
 
 

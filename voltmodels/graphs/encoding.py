@@ -60,7 +60,7 @@ MAX_ATOMIC_NUMBER = 100
 SUPPORTED_ELEMENTS: tuple[int, ...] = tuple(range(1, MAX_ATOMIC_NUMBER + 1))
 
 # Pyykkoe & Atsumi (2009) single-bond covalent radii in Angstrom, Z = 1..100.
-_PYYKKO_COVALENT_RADIUS = (
+COVALENT_RADII_PYYKKO = (
     0.32, 0.46, 1.33, 1.02, 0.85, 0.75, 0.71, 0.63, 0.64, 0.67,
     1.55, 1.39, 1.26, 1.16, 1.11, 1.03, 0.99, 0.96, 1.96, 1.71,
     1.48, 1.36, 1.34, 1.22, 1.19, 1.16, 1.11, 1.10, 1.12, 1.18,
@@ -142,7 +142,7 @@ ELEMENT_PROPERTIES: tuple[ElementProperty, ...] = (
     ElementProperty("group", 19, _group),
     ElementProperty("period", 7, lambda el: int(el.row) - 1),
     ElementProperty("electronegativity", 10, lambda el: _electronegativity_bin(el.X)),
-    ElementProperty("covalent_radius", 10, lambda el: _covalent_radius_bin(_PYYKKO_COVALENT_RADIUS[el.Z - 1])),
+    ElementProperty("covalent_radius", 10, lambda el: _covalent_radius_bin(COVALENT_RADII_PYYKKO[el.Z - 1])),
     ElementProperty("valence_electrons", 12, lambda el: _valence_electrons(el) - 1),
     ElementProperty("first_ionization_energy", 10, lambda el: _ionization_bin(_first_ionization_energy(el))),
     ElementProperty("electron_affinity", 10, lambda el: _affinity_bin(_positive_electron_affinity(el))),

@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--ion", default="Li", help="a working ion, a comma-separated list, or 'all' (every ion of the dataset)")
     p.add_argument("--dataset", default="latest", help="curate run id, dataset folder, or 'latest'")
-    p.add_argument("--profile", default="paper", help="quick (small grids, 2 repeats) or paper (wider searches, 5 repeats)")
+    p.add_argument("--profile", default="quick", help="quick (small grids, 2 repeats) or paper (wider searches, 5 repeats)")
     p.add_argument("--n-repeats", type=lambda v: int(float(v)), default=0, help="seeded splits per strategy; 0 = the profile's default")
     p.add_argument("--split", default="both", help="random, framework or both")
     p.add_argument("--seed", type=lambda v: int(float(v)), default=0)

@@ -36,6 +36,10 @@ def isolated_tracking(tmp_path_factory):
 
     set_torch_threads()  # pinned: in-process training beside servers and subprocesses must not stall
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    from pipelines.common import EXPERIMENT
+
+    # Artifacts in the session's folder, not the checkout's mlruns/ (a SQLite store's default root).
+    mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
     yield root
     for key, value in old.items():
         if value is None:
@@ -117,13 +121,6 @@ def run_entry_point(module: str, *args: str, cwd: Path | None = None, timeout: f
 @pytest.fixture(scope="session")
 def li_champion(snapshot_dir, isolated_tracking) -> str:
     """`models:/voltage-cgcnn-Li@champion` in the session's store: curate + train_li quick (1 trial, 2 epochs)."""
-    import mlflow
-
-    from pipelines.common import EXPERIMENT
-
-    # Artifacts in the session's folder, not the checkout's mlruns/ (a SQLite store's default root is ./mlruns).
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        mlflow.create_experiment(EXPERIMENT, artifact_location=(isolated_tracking / "artifacts").as_uri())
     run_entry_point("pipelines.curate", "--snapshot", str(snapshot_dir), cwd=isolated_tracking)
     # Own Optuna storage: the shared cache's study may hold trials whose runs live in another store.
     storage = f"sqlite:///{isolated_tracking / 'optuna.db'}"

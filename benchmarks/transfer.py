@@ -1,0 +1,83 @@
+"""Per-ion transfer table: MAE mean ± std of Li-direct, scratch, freeze, finetune and the baselines.
+
+    python benchmarks/transfer.py --run --ions Mg,Ca,Zn,Al --profile paper --n-repeats 5
+    python benchmarks/transfer.py            # only print the table of the latest transfer runs
+
+Runs `pipelines.transfer` per ion (against $MLFLOW_TRACKING_URI or the project's SQLite store), then
+reads each ion's latest finished transfer run and prints one markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine_line  # noqa: E402
+from pipelines.common import setup_tracking  # noqa: E402
+
+METHOD_ORDER = ["li_direct", "scratch", "freeze", "finetune", "svr", "krr", "rfr"]
+
+
+def latest_comparison(ion: str) -> pd.DataFrame | None:
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`voltmodels.step` LIKE 'transfer%' and tags.ion = '{ion}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    for run in runs:
+        try:
+            text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/comparison_{ion}.csv")
+        except Exception:
+            continue
+        table = pd.read_csv(io.StringIO(text))
+        table["n_repeats"] = int(run.data.metrics.get("n_repeats", 0))
+        table["profile"] = run.data.params.get("profile", "?")
+        return table
+    return None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--ions", default="Mg,Ca,Zn,Al,Na,K,Y,Rb,Cs")
+    p.add_argument("--run", action="store_true", help="run the transfer entry point first")
+    p.add_argument("--profile", default="paper")
+    p.add_argument("--n-repeats", default="0")
+    p.add_argument("--split", default="both")
+    args = p.parse_args()
+    print(machine_line())
+    setup_tracking()
+    ions = [i.strip() for i in args.ions.split(",") if i.strip()]
+    if args.run:
+        for ion in ions:
+            started = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "pipelines.transfer", "--ion", ion, "--profile", args.profile, "--n-repeats", args.n_repeats, "--split", args.split],
+                check=True,
+            )
+            print(f"{ion}: transfer took {time.perf_counter() - started:.0f} s")
+    tables = [t for t in (latest_comparison(ion) for ion in ions) if t is not None]
+    if not tables:
+        print("no finished transfer runs found")
+        return
+    table = pd.concat(tables, ignore_index=True)
+    table["cell"] = table.apply(lambda r: f"{r.mae_mean:.3f} ± {0 if pd.isna(r.mae_std) else r.mae_std:.3f}", axis=1)
+    for split, part in table.groupby("split", sort=False):
+        wide = part.pivot_table(index="ion", columns="method", values="cell", aggfunc="first")
+        wide = wide[[m for m in METHOD_ORDER if m in wide.columns]].reindex([i for i in ions if i in wide.index])
+        repeats = part.groupby("ion")["n_repeats"].first().reindex(wide.index)
+        wide.insert(0, "repeats", repeats)
+        print(f"\n### test MAE (V), {split} split, mean ± std over repeats\n")
+        print(wide.to_markdown())
+
+
+if __name__ == "__main__":
+    main()

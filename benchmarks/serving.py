@@ -30,10 +30,7 @@ import gzip
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from serving.processes import ServerProcess, free_port  # noqa: E402
 from voltmodels.config import default_tracking_uri, resolve_snapshot  # noqa: E402
 
 CIF_FILE = "mp_electrode_structures_cif.json.gz"
@@ -84,48 +82,12 @@ def pick_structures(snapshot: Path, n_batch: int = 100, target_sites: int = 30):
     return single, batch
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model_uri: str, workers: int, threads: int, tracking_uri: str, workdir: Path):
+def start_server(model_uri: str, workers: int, threads: int, tracking_uri: str, workdir: Path) -> ServerProcess:
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "VOLTMODELS_TORCH_THREADS": str(threads), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     env.setdefault("OMP_NUM_THREADS", str(threads))
-    log = open(workdir / "server.log", "w")
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, f"http://127.0.0.1:{port}", started, log
-
-
-def stop_server(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def wait_ready(url: str, proc, timeout: float = 300) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"the server exited with status {proc.returncode}")
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the server did not answer /ping within {timeout:.0f} s")
+    return ServerProcess(cmd, port, workdir, env, workdir / "server.log")
 
 
 def body(rows: list[tuple[str, str]]) -> bytes:
@@ -245,17 +207,17 @@ def main(argv=None) -> None:
     print(f"model: {args.model_uri} ({tracking_uri}); workers {args.workers}, torch threads {args.threads}")
     print(f"single structure: {single_id} ({single_sites} sites); batch: {len(batch)} Li structures, {np.mean([b[2] for b in batch]):.1f} sites on average")
 
-    proc = log = None
+    server = None
     with tempfile.TemporaryDirectory() as workdir:
         if args.url:
             url = args.url.rstrip("/")
-            wait_ready(url, None)
             startup = None
         else:
-            proc, url, started, log = start_server(args.model_uri, args.workers, args.threads, tracking_uri, Path(workdir))
+            server = start_server(args.model_uri, args.workers, args.threads, tracking_uri, Path(workdir))
+            started = time.perf_counter()
         try:
-            if proc is not None:
-                wait_ready(url, proc)
+            if server is not None:
+                url = server.start(timeout=300)
                 startup = time.perf_counter() - started
             one = body([(single_cif, "Li")])
             one_json = body([(single_json, "Li")])
@@ -273,10 +235,9 @@ def main(argv=None) -> None:
                     pings.append(time.perf_counter() - t)
             conc, conc_err, conc_wall = concurrent_posts(url, one, args.n_concurrent, args.clients)
         finally:
-            if proc is not None:
-                stop_server(proc)
-                log.close()
-                server_log = (Path(workdir) / "server.log").read_text()
+            if server is not None:
+                server.stop()
+                server_log = server.log_tail(10**7)
                 if "Traceback" in server_log:
                     print("server log has tracebacks:\n" + server_log[-3000:])
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import optuna
 from optuna.study import MaxTrialsCallback
 

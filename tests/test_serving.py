@@ -6,28 +6,20 @@ import gzip
 import json
 import math
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from serving.processes import ServerError, ServerProcess, free_port
+
 requests = pytest.importorskip("requests")
 
 pytestmark = pytest.mark.integration
 
 COLUMNS = ["structure", "working_ion"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -50,39 +42,16 @@ def server(router_champion, tmp_path_factory):
     """`mlflow models serve -m models:/voltage-predictor@champion --env-manager local`, from a temp dir."""
     port = free_port()
     cwd = tmp_path_factory.mktemp("serve_cwd")  # not the repo: the model must carry its own code
-    log = open(cwd / "server.log", "w")
     env = {**os.environ, "VOLTMODELS_TORCH_THREADS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     env.pop("PYTHONPATH", None)
-    mlflow_cli = [sys.executable, "-m", "mlflow"]
-    proc = subprocess.Popen(
-        [*mlflow_cli, "models", "serve", "-m", router_champion, "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
-        cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", router_champion, "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
+    process = ServerProcess(cmd, port, cwd, env, cwd / "server.log")
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited {proc.returncode}:\n{(cwd / 'server.log').read_text()[-5000:]}")
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /ping in 240 s:\n{(cwd / 'server.log').read_text()[-5000:]}")
-            time.sleep(1)
-        yield url
+        yield process.start()
+    except ServerError as exc:
+        pytest.fail(str(exc))
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the CLI and the uvicorn it starts share this group
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        process.stop()
 
 
 def invoke(url: str, data: list, columns=COLUMNS, params: dict | None = None) -> requests.Response:

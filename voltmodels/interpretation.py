@@ -35,7 +35,6 @@ Nothing here knows about MLflow: ``pipelines/interpret.py`` loads models and log
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache

@@ -317,17 +317,18 @@ def test_compare_runs_view_shows_both_runs(page, models):
     # The metrics table is a virtualized grid: scroll through it and collect the metric names rendered.
     seen = ""
     for step in range(60):
-        seen += driver.execute_script(
+        text, more = driver.execute_script(
             """let more = false, text = '';
                for (const g of document.querySelectorAll('.ReactVirtualized__Grid')) {
-                 text += g.innerText + '\n';
+                 text += g.innerText + ' ';
                  if (g.scrollTop + g.clientHeight < g.scrollHeight) { g.scrollTop += g.clientHeight; more = true; }
                }
-               return text + (more ? '' : '\u0000');"""
+               return [text, more];"""
         )
+        seen += text
         if step == 0:
             page.screenshot("08-compare-runs-metrics")
-        if seen.endswith("\u0000"):
+        if not more:
             break
         time.sleep(0.3)
     missing = [name for name in METHOD_METRICS if name not in seen]

@@ -76,3 +76,19 @@ def test_transfer_bad_params_are_one_sentence(li_champion, args, message):
     proc = run_transfer(*args)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_transfer_refuses_an_ion_with_too_few_electrodes(tmp_path):
+    from pipelines.transfer import parse_args, transfer_ion
+    from tests.conftest import fixture_electrodes
+    from voltmodels.config import VoltmodelsError
+    from voltmodels.data.curation import curate
+    from voltmodels.data.dataset import CuratedDataset, save_dataset
+    from voltmodels.data.sources import RawElectrodes
+    from voltmodels.tuning import profile
+
+    table, structures = fixture_electrodes(n_per_ion=12, ions=("Li", "Mg"))
+    save_dataset(curate(RawElectrodes(table, structures, "test")), tmp_path / "dataset", "test")
+    dataset = CuratedDataset(tmp_path / "dataset")
+    with pytest.raises(VoltmodelsError, match="Working ion Mg has only 12 electrodes"):
+        transfer_ion("Mg", dataset, None, None, parse_args(["--ion", "Mg"]), profile("quick"))

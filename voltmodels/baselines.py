@@ -38,16 +38,16 @@ import pandas as pd
 
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, cache_dir
 from voltmodels.data.curation import SPLIT_STRATEGIES
+from voltmodels.graphs.featurize import structure_digest  # one content hash for every cache
 
 #: Bump when featurize_structure's output changes for the same featurizer list (invalidates caches).
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: rows keyed by the graph cache's structure digest
 METHODS = ("svr", "krr", "rfr")
 METHOD_TITLES = {"svr": "SVR (RBF)", "krr": "KRR (RBF)", "rfr": "Random forest"}
 #: Fewest curated electrodes of one ion for which baselines are fitted.
 MIN_ROWS = 20
 #: Repeats per profile when the caller does not choose.
 DEFAULT_REPEATS = {"quick": 2, "paper": 5}
-_DIGEST_DECIMALS = 6
 _CHECKPOINT_EVERY = 500
 
 # (block name, matminer class, kwargs, input: "composition" | "structure")
@@ -135,15 +135,6 @@ def featurize_structures(structures: Sequence) -> np.ndarray:
     if not structures:
         return np.zeros((0, len(feature_names())))
     return np.vstack([featurize_structure(s) for s in structures])
-
-
-def structure_digest(structure) -> str:
-    """Content hash: lattice and fractional coordinates rounded to 1e-6, and the species."""
-    hasher = hashlib.blake2b(digest_size=16)
-    for array in (structure.lattice.matrix, structure.frac_coords):
-        hasher.update(np.ascontiguousarray(np.round(array, _DIGEST_DECIMALS) + 0.0, dtype=np.float64).tobytes())
-    hasher.update(json.dumps([str(site.species) for site in structure]).encode())
-    return hasher.hexdigest()
 
 
 class FeatureCache:

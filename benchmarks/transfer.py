@@ -22,6 +22,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine_line  # noqa: E402
 from pipelines.common import setup_tracking  # noqa: E402
+from pipelines.transfer import baseline_rows  # noqa: E402
 
 METHOD_ORDER = ["li_direct", "scratch", "freeze", "finetune", "svr", "krr", "rfr"]
 
@@ -39,6 +40,9 @@ def latest_comparison(ion: str) -> pd.DataFrame | None:
         except Exception:
             continue
         table = pd.read_csv(io.StringIO(text))
+        if not table["method"].isin(["svr", "krr", "rfr"]).any():
+            # Baselines that ran after this transfer run: same dataset, same seeded splits.
+            table = pd.concat([table, baseline_rows(ion, run.data.tags.get("dataset_digest", ""))], ignore_index=True)
         table["n_repeats"] = int(run.data.metrics.get("n_repeats", 0))
         table["profile"] = run.data.params.get("profile", "?")
         return table

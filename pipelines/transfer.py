@@ -69,6 +69,18 @@ def baseline_metrics(ion: str, digest: str) -> dict[str, float]:
     return {}
 
 
+def baseline_rows(ion: str, digest: str) -> pd.DataFrame:
+    """The baselines' MAE mean/std per split as comparison-table rows (empty when none ran)."""
+    metrics = baseline_metrics(ion, digest)
+    rows = []
+    for name, value in metrics.items():
+        match = BASELINE_METRIC.match(name)
+        if match.group(3) == "mean":
+            split = (match.group(1) or "random_").rstrip("_")
+            rows.append({"ion": ion, "split": split, "method": match.group(2), "mae_mean": value, "mae_std": metrics.get(name.replace("_mean", "_std"), np.nan)})
+    return pd.DataFrame(rows, columns=["ion", "split", "method", "mae_mean", "mae_std"])
+
+
 def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
     rows_all = dataset.rows(ion)
     if len(rows_all) < MIN_ROWS:
@@ -111,13 +123,9 @@ def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
     for row in summary.itertuples():
         prefix = "" if row.split == "random" else f"{row.split}_"
         mlflow.log_metrics({f"{prefix}{row.method}_test_mae_mean": row.mae_mean, f"{prefix}{row.method}_test_mae_std": 0.0 if np.isnan(row.mae_std) else row.mae_std, f"{prefix}{row.method}_test_rmse_mean": row.rmse_mean, f"{prefix}{row.method}_test_r2_mean": row.r2_mean})
-    baselines = baseline_metrics(ion, dataset.digest)
-    for name, value in baselines.items():
-        match = BASELINE_METRIC.match(name)
-        split = (match.group(1) or "random_").rstrip("_")
-        if match.group(3) == "mean" and split in splits:
-            std = baselines.get(name.replace("_mean", "_std"), np.nan)
-            summary.loc[len(summary)] = {"ion": ion, "split": split, "method": match.group(2), "mae_mean": value, "mae_std": std}
+    baselines = baseline_rows(ion, dataset.digest)
+    if not baselines.empty:
+        summary = pd.concat([summary, baselines[baselines["split"].isin(splits)]], ignore_index=True)
     mlflow.log_table(summary, f"comparison_{ion}.json")
     mlflow.log_text(summary.to_csv(index=False), f"comparison_{ion}.csv")
     mlflow.log_text(table.to_csv(index=False), f"per_repeat_{ion}.csv")

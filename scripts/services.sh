@@ -7,6 +7,7 @@
 #   eval "$(bash scripts/services.sh start)"   # install what is missing, start (or reuse), export the URLs
 #   bash scripts/services.sh env               # print the export lines of the running services
 #   bash scripts/services.sh status
+#   bash scripts/services.sh running           # exit status 0 when both servers are up
 #   bash scripts/services.sh stop              # stop both servers (the data folder is kept)
 #   bash scripts/services.sh purge             # stop and delete the data folder
 #
@@ -74,7 +75,7 @@ install_missing() {
   command -v chromium >/dev/null 2>&1 || want+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || want+=(chromium-driver)
   if [ ${#want[@]} -gt 0 ]; then
-    apt_install "${want[@]}" || log "warning: Chromium not available; the registry UI test will fail"
+    apt_install "${want[@]}" fonts-liberation || log "warning: Chromium not available; the registry UI test will fail"
   fi
   "$PYTHON" -c 'import moto.server, psycopg, boto3' 2>/dev/null \
     || "$PYTHON" -m pip install -q "moto[server]>=5" "psycopg[binary]>=3.1" boto3 >&2
@@ -238,6 +239,11 @@ case "${1:-start}" in
     if [ -n "$bin" ] && pg_running "$bin"; then log "PostgreSQL: running on 127.0.0.1:$(pg_port)"; else log "PostgreSQL: stopped"; fi
     if moto_running; then log "moto S3: running on 127.0.0.1:$(moto_port)"; else log "moto S3: stopped"; fi
     ;;
+  running)
+    bin="$(pg_bindir)" || exit 1
+    pg_setup_user
+    pg_running "$bin" && moto_running
+    ;;
   stop)
     moto_stop
     pg_stop
@@ -248,7 +254,7 @@ case "${1:-start}" in
     rm -rf "$STATE"
     ;;
   *)
-    echo "usage: $0 [start|env|status|stop|purge]" >&2
+    echo "usage: $0 [start|env|status|running|stop|purge]" >&2
     exit 2
     ;;
 esac

@@ -11,4 +11,16 @@ fi
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test]"
 export VOLTMODELS_TORCH_THREADS="${VOLTMODELS_TORCH_THREADS:-2}"
+# The production stack (PostgreSQL, moto S3, headless Chromium): installed if missing, started (or
+# reused) and exported as VOLTMODELS_TEST_* for tests/test_production_stack.py and test_registry_ui.py.
+# Services started here are stopped on exit (VOLTMODELS_KEEP_SERVICES=1 keeps them); VOLTMODELS_SERVICES=0
+# skips all this (those tests then skip).
+if [ "${VOLTMODELS_SERVICES:-1}" != 0 ]; then
+  bash scripts/services.sh running 2>/dev/null && services_were_up=1 || services_were_up=0
+  services_env="$(bash scripts/services.sh start)"
+  eval "$services_env"
+  if [ "$services_were_up" = 0 ] && [ "${VOLTMODELS_KEEP_SERVICES:-0}" != 1 ]; then
+    trap 'bash scripts/services.sh stop' EXIT
+  fi
+fi
 python -m pytest -q "$@"

@@ -315,8 +315,10 @@ def test_compare_runs_view_shows_both_runs(page, models):
             driver.find_element(By.XPATH, f"//div[normalize-space(text())='{section}']").click()
             time.sleep(0.5)
     # The metrics table is a virtualized grid: scroll through it and collect the metric names rendered.
+    time.sleep(1)
+    page.screenshot("08-compare-runs-metrics")
     seen = ""
-    for step in range(60):
+    for _ in range(60):
         text, more = driver.execute_script(
             """let more = false, text = '';
                for (const g of document.querySelectorAll('.ReactVirtualized__Grid')) {
@@ -326,8 +328,6 @@ def test_compare_runs_view_shows_both_runs(page, models):
                return [text, more];"""
         )
         seen += text
-        if step == 0:
-            page.screenshot("08-compare-runs-metrics")
         if not more:
             break
         time.sleep(0.3)

@@ -60,8 +60,15 @@ def main(argv=None) -> str:
             folder = Path(tmp) / ARTIFACT_PATH
             digest = save_dataset(result, folder, raw.source)
             mlflow.log_artifacts(str(folder), ARTIFACT_PATH)
+        source = mlflow.get_artifact_uri(f"{ARTIFACT_PATH}/electrodes.csv")
+        if source.startswith("mlflow-artifacts:"):
+            # A server proxying artifacts (--serve-artifacts): no dataset-source resolver knows this
+            # scheme, so record the server's HTTP URL of the file instead.
+            from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+            source = MlflowArtifactsRepository.resolve_uri(source, mlflow.get_tracking_uri())
         dataset = mlflow.data.from_pandas(
-            result.table, source=mlflow.get_artifact_uri(f"{ARTIFACT_PATH}/electrodes.csv"), targets="average_voltage", name=f"mp-electrodes-{digest}", digest=digest
+            result.table, source=source, targets="average_voltage", name=f"mp-electrodes-{digest}", digest=digest
         )
         mlflow.log_input(dataset, context="curated")
         mlflow.set_tag("dataset_digest", digest)

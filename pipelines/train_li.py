@@ -12,7 +12,6 @@ from pathlib import Path
 
 import mlflow
 import optuna
-from optuna.study import MaxTrialsCallback
 
 from pipelines.common import as_int, STEP_TAG, main_guard, step_run
 from pipelines.evaluation import log_final_model
@@ -43,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--parent-run-id", default="", help=argparse.SUPPRESS)
     p.add_argument("--max-trials", type=as_int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=as_int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -87,20 +87,35 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def optimize_capped(study, objective, max_trials: int, timeout: float | None) -> None:
+    """Run trials one at a time while the study holds fewer than `max_trials` (any state, enqueued included).
+
+    Checked before each trial, so a worker that comes up after the others have started the last
+    trials starts none; Optuna's MaxTrialsCallback only checks after a trial, so a late worker
+    always starts one more.
+    """
+    deadline = time.monotonic() + timeout if timeout else None
+    while len(study.get_trials(deepcopy=False)) < max_trials:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            break
+        study.optimize(objective, n_trials=1, timeout=remaining, gc_after_trial=True)
+
+
 def run_workers(study, objective, args, total_trials: int, timeout: float | None) -> None:
     """Work on the study here and in n_workers - 1 extra processes; trials stop at `total_trials`."""
     threads = int(os.environ.get("VOLTMODELS_TORCH_THREADS") or 0) or 1
     workers = []
-    for _ in range(max(0, args.n_workers - 1)):
+    for index in range(1, max(1, args.n_workers)):
         cmd = [sys.executable, "-m", "pipelines.train_li", "--worker", "--dataset", args.dataset_resolved, "--profile", args.profile,
                "--epochs", str(args.epochs_resolved), "--storage", args.storage_resolved, "--study-name", study.study_name,
                "--seed", str(args.seed), "--split", args.split, "--parent-run-id", args.parent_run_id, "--max-trials", str(total_trials),
-               "--timeout", str(args.timeout)]
+               "--timeout", str(args.timeout), "--worker-index", str(index)]
         env = {**os.environ, "VOLTMODELS_TORCH_THREADS": str(threads), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
         env.pop("MLFLOW_RUN_ID", None)
         workers.append(subprocess.Popen(cmd, env=env))
     set_torch_threads(threads)
-    study.optimize(objective, timeout=timeout, callbacks=[MaxTrialsCallback(total_trials, states=None)], gc_after_trial=True)
+    optimize_capped(study, objective, total_trials, timeout)
     for worker in workers:
         if worker.wait() != 0:
             print(f"warning: an Optuna worker exited with status {worker.returncode}", file=sys.stderr)
@@ -118,9 +133,10 @@ def worker_main(args) -> None:
     set_torch_threads()
     dataset, settings, graphs, errors, rows, sets = prepare(args)
     prof = profile(args.profile)
-    study = create_study(args.study_name, args.storage, args.seed)
+    # Own sampler seed per worker: with the parent's seed every process proposes the same parameters.
+    study = create_study(args.study_name, args.storage, args.seed + 7919 * args.worker_index)
     objective = make_objective(sets, settings, args.epochs, prof.patience, args.seed, args.parent_run_id)
-    study.optimize(objective, timeout=args.timeout or None, callbacks=[MaxTrialsCallback(args.max_trials, states=None)], gc_after_trial=True)
+    optimize_capped(study, objective, args.max_trials, args.timeout or None)
 
 
 @main_guard
@@ -137,7 +153,7 @@ def main(argv=None) -> str | None:
     storage = args.storage or f"sqlite:///{cache_dir() / 'optuna.db'}"
     study_name = args.study_name or f"voltage-cgcnn-{ION}-{dataset.digest}-{args.split}-{args.profile}"
     logged = {**vars(args), "n_trials": n_trials, "epochs": epochs, "storage": storage.split("@")[-1], "study_name": study_name}
-    for internal in ("worker", "parent_run_id", "max_trials"):
+    for internal in ("worker", "parent_run_id", "max_trials", "worker_index"):
         logged.pop(internal)
     with step_run("train_li", logged) as parent:
         mlflow.set_tags({"ion": ION, "dataset_digest": dataset.digest, "split": args.split})

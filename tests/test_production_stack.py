@@ -8,7 +8,8 @@ them the module is skipped; with them every failure is a failure.
 
 Artifact mode (VOLTMODELS_TEST_ARTIFACT_MODE): `direct` (default) - `--default-artifact-root s3://...`,
 clients write to S3 themselves; `proxy` - `--serve-artifacts --artifacts-destination s3://...`,
-clients go through the server (mlflow-artifacts:/ URIs).
+clients go through the server (mlflow-artifacts:/ URIs; needs curate to turn that URI into an
+http(s) dataset source, see docs/production.md).
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ class TrackingServer:
 
     def env(self) -> dict:
         env = {**os.environ, **FAKE_AWS, "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint}
+        if self.mode == "proxy":
+            # MLflow 3.17 fetches proxied S3 artifacts through presigned URLs with `requests`, which
+            # undoes the Content-Encoding: gzip that the S3 repository sets on *.gz uploads: the
+            # dataset's structures.json.gz would arrive decompressed. Stream through the server instead.
+            env["MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"] = "false"
         for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID"):
             env.pop(key, None)
         return env

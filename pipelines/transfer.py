@@ -19,7 +19,7 @@ from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
 from voltmodels.registry import resolve_model_uri
 from voltmodels.training import build_graph_sets, predict, regression_metrics
-from voltmodels.transfer import METHODS, MIN_ROWS, TRAINED_METHODS, TransferConfig, fit_method
+from voltmodels.transfer import METHODS, MIN_ROWS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, fit_method
 from voltmodels.tuning import profile
 
 SPLITS = ("random", "framework")
@@ -86,7 +86,7 @@ def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
     if len(rows_all) < MIN_ROWS:
         raise VoltmodelsError(f"Working ion {ion} has only {len(rows_all)} electrodes in dataset {dataset.digest}; transfer needs at least {MIN_ROWS}.")
     graphs, errors = dataset_graphs(dataset, ion, settings, progress=False)
-    methods = [m for m in METHODS if args.mode == "both" or m not in TRAINED_METHODS or m == args.mode]
+    methods = [m for m in METHODS if args.mode == "both" or m not in TRANSFER_MODES or m == args.mode]
     config = TransferConfig(epochs=args.epochs or prof.transfer_epochs, patience=prof.patience, lr_freeze=args.lr_freeze, lr_finetune=args.lr_finetune, seed=args.seed)
     n_repeats = args.n_repeats or prof.n_repeats
     splits = SPLITS if args.split == "both" else (args.split,)
@@ -110,7 +110,7 @@ def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
                 records.append({"ion": ion, "split": strategy, "repeat": repeat, "method": method, "val_mae": val_mae, **{f"test_{k}": v for k, v in metrics.items()}, "seconds": time.perf_counter() - started})
                 mlflow.log_metric(f"{prefix}{method}_test_mae", metrics["mae"], step=repeat)
                 pairs[method] = (sets["test"].targets, test_pred)
-                if strategy == "random" and repeat == 0 and method in TRAINED_METHODS:
+                if strategy == "random" and repeat == 0 and method in REGISTERED_METHODS:
                     keep[method] = (model, sets, rows)
             if repeat == 0:
                 fig = plots.parity_plot(pairs, f"{ion} test, {strategy} split")
@@ -134,7 +134,11 @@ def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
         for method, (model, sets, rows) in keep.items():
             versions[method] = log_final_model(
                 model, ion, sets, settings, dataset, rows, method=method, metric_prefix=f"{method}_final_",
-                tags={"base_model": args.base_model, "mode": method, "frozen_layers": "embedding,convs" if method == "freeze" else "none"},
+                tags={
+                    "base_model": args.base_model if method != "scratch" else "none",
+                    "mode": method,
+                    "frozen_layers": "embedding,convs" if method == "freeze" else "none",
+                },
             )
     return {"summary": summary, "versions": versions}
 

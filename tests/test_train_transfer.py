@@ -55,8 +55,13 @@ def test_transfer_logs_every_method_on_both_splits(mg_transfer):
 def test_transfer_registers_an_ion_champion(mg_transfer):
     champion = registry.champion_version("voltage-cgcnn-Mg")
     assert champion is not None
-    assert champion.tags["mode"] in ("freeze", "finetune")
-    assert champion.tags["base_model"] == "models:/voltage-cgcnn-Li@champion"
+    assert champion.tags["mode"] in ("scratch", "freeze", "finetune")
+    versions = MlflowClient().search_model_versions("name = 'voltage-cgcnn-Mg'")
+    assert {v.tags["mode"] for v in versions} == {"scratch", "freeze", "finetune"}
+    best = min(versions, key=lambda v: float(v.tags["val_mae"]))
+    assert champion.version == best.version  # the champion is whichever wins on validation
+    transferred = [v for v in versions if v.tags["mode"] != "scratch"]
+    assert all(v.tags["base_model"] == "models:/voltage-cgcnn-Li@champion" for v in transferred)
     model = mlflow.pyfunc.load_model("models:/voltage-cgcnn-Mg@champion")
     assert model.metadata.get_input_schema().input_names() == ["structure", "working_ion"]
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import mlflow
 import optuna
+from optuna.trial import TrialState
 
 from pipelines.common import as_int, STEP_TAG, main_guard, step_run
 from pipelines.evaluation import log_final_model
-from voltmodels.config import cache_dir, set_torch_threads
+from voltmodels.config import VoltmodelsError, cache_dir, set_torch_threads
 from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
 from voltmodels.graphs.featurize import GraphSettings
@@ -80,7 +81,7 @@ def make_objective(sets, settings: GraphSettings, epochs: int, patience: int, se
     return objective
 
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -88,14 +89,16 @@ def finished_trials(study: optuna.Study) -> int:
 
 
 def optimize_capped(study, objective, max_trials: int, timeout: float | None) -> None:
-    """Run trials one at a time while the study holds fewer than `max_trials` (any state, enqueued included).
+    """Run trials one at a time while the study has started fewer than `max_trials`.
 
     Checked before each trial, so a worker that comes up after the others have started the last
     trials starts none; Optuna's MaxTrialsCallback only checks after a trial, so a late worker
     always starts one more.
     """
     deadline = time.monotonic() + timeout if timeout else None
-    while len(study.get_trials(deepcopy=False)) < max_trials:
+    # An enqueued (WAITING) trial is not started yet: the next optimize call runs it.
+    started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    while len(study.get_trials(deepcopy=False, states=started)) < max_trials:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             break
@@ -169,6 +172,8 @@ def main(argv=None) -> str | None:
         mlflow.log_metrics(
             {"search_seconds": time.perf_counter() - started, "n_trials_total": len(states), "n_trials_complete": states.count("COMPLETE"), "n_trials_pruned": states.count("PRUNED")}
         )
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            raise VoltmodelsError(f"No trial of study {study_name} completed (all pruned or failed); see the trial runs, or raise n_trials/epochs.")
         best = study.best_trial
         mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
         mlflow.log_metric("best_trial_val_mae", best.value)

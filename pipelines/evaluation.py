@@ -35,9 +35,14 @@ def evaluate(model, sets, settings) -> tuple[dict, dict]:
 
 
 def log_final_model(
-    model, ion, sets, settings, dataset, rows, register: bool = True, tags: dict | None = None, method: str = "cgcnn", metric_prefix: str = ""
+    model, ion, sets, settings, dataset, rows, register: bool = True, tags: dict | None = None, method: str = "cgcnn", metric_prefix: str = "",
+    selection_val_mae: float | None = None,
 ) -> str | None:
-    """Log metrics, parity plot and the pyfunc of `model`; register it as voltage-cgcnn-<ion>."""
+    """Log metrics, parity plot and the pyfunc of `model`; register it as voltage-cgcnn-<ion>.
+
+    `@champion` is decided on `selection_val_mae` when given (e.g. the method's validation MAE
+    averaged over seeded splits: a 13-row validation set alone is too noisy), else this split's.
+    """
     local_head_mae = fit_local_head(model, sets["train"], settings)
     metrics, pairs = evaluate(model, sets, settings)
     halfwidth = conformal_halfwidth(*pairs["val"])
@@ -65,6 +70,8 @@ def log_final_model(
         "run_id": mlflow.active_run().info.run_id,
         **{k: str(v) for k, v in (tags or {}).items()},
     }
-    version, promoted = registry.register(info.model_uri, name, metrics["val_mae"], version_tags)
+    selection = metrics["val_mae"] if selection_val_mae is None else selection_val_mae
+    version_tags["val_mae_this_split"] = f"{metrics['val_mae']:.4f}"
+    version, promoted = registry.register(info.model_uri, name, selection, version_tags)
     mlflow.set_tags({"registered_model": name, "registered_version": version, "became_champion": str(promoted).lower()})
     return version

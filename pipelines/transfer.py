@@ -134,10 +134,12 @@ def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
         for method, (model, sets, rows) in keep.items():
             versions[method] = log_final_model(
                 model, ion, sets, settings, dataset, rows, method=method, metric_prefix=f"{method}_final_",
+                selection_val_mae=float(summary.query("split == 'random' and method == @method")["val_mae_mean"].iloc[0]),
                 tags={
                     "base_model": args.base_model if method != "scratch" else "none",
                     "mode": method,
                     "frozen_layers": "embedding,convs" if method == "freeze" else "none",
+                    "val_mae_selection": f"mean over {n_repeats} random splits",
                 },
             )
     return {"summary": summary, "versions": versions}

@@ -113,7 +113,7 @@ def test_screen_errors_are_one_sentence(router_champion, tmp_path, capsys):
     assert exc.value.code == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "one.cif").write_text("data_x\n")
-    with pytest.raises(SystemExit):  # no Mg model anywhere: the router and the fallback are both named
-        main(["--input", str(tmp_path / "one.cif"), "--ion", "Mg", "--output", str(tmp_path / "x.csv")])
+    with pytest.raises(SystemExit):  # no Cs model in any test: the router and the fallback are both named
+        main(["--input", str(tmp_path / "one.cif"), "--ion", "Cs", "--output", str(tmp_path / "x.csv")])
     err = capsys.readouterr().err
-    assert "voltage-predictor" in err and "voltage-cgcnn-Mg" in err
+    assert "voltage-predictor" in err and "voltage-cgcnn-Cs" in err

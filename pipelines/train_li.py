@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -154,7 +155,10 @@ def main(argv=None) -> str | None:
     epochs = args.epochs or prof.epochs
     dataset, settings, graphs, errors, rows, sets = prepare(args)
     storage = args.storage or f"sqlite:///{cache_dir() / 'optuna.db'}"
-    study_name = args.study_name or f"voltage-cgcnn-{ION}-{dataset.digest}-{args.split}-{args.profile}"
+    # The default study belongs to one tracking store: its trials point at runs (and checkpoints)
+    # there, so another store (tests, a server) must not resume it.
+    store = hashlib.sha1(mlflow.get_tracking_uri().encode()).hexdigest()[:8]
+    study_name = args.study_name or f"voltage-cgcnn-{ION}-{dataset.digest}-{args.split}-{args.profile}-{store}"
     logged = {**vars(args), "n_trials": n_trials, "epochs": epochs, "storage": storage.split("@")[-1], "study_name": study_name}
     for internal in ("worker", "parent_run_id", "max_trials", "worker_index"):
         logged.pop(internal)

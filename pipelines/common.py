@@ -67,6 +67,7 @@ def main_guard(func):
 
     def wrapper(argv=None):
         try:
+            setup_tracking()  # before anything looks up runs (e.g. the latest curated dataset)
             return func(argv)
         except VoltmodelsError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -118,24 +118,9 @@ def no_source_message() -> str:
     )
 
 
-# Fields requested from mp-api; `InsertionElectrodeDoc` names match the snapshot's columns.
-MP_ELECTRODE_FIELDS = [
-    "battery_id",
-    "working_ion",
-    "formula_charge",
-    "formula_discharge",
-    "id_charge",
-    "id_discharge",
-    "average_voltage",
-    "framework_formula",
-    "capacity_grav",
-    "capacity_vol",
-    "energy_grav",
-    "energy_vol",
-    "max_delta_volume",
-    "stability_charge",
-    "stability_discharge",
-]
+# Fields requested from mp-api: the snapshot's columns, whose names follow `InsertionElectrodeDoc`
+# (all but the Dec-2019 voltage, which only the snapshot has).
+MP_ELECTRODE_FIELDS = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c != "average_voltage_sondrt"]
 
 
 def _doc_value(doc: Any, name: str) -> Any:

@@ -4,6 +4,7 @@ scratch, fine-tuning and the SVR/KRR/RFR baselines; the best transferred model i
 from __future__ import annotations
 
 import argparse
+import sys
 import re
 import time
 
@@ -163,9 +164,16 @@ def main(argv=None) -> str:
             else:
                 with mlflow.start_run(run_name=f"transfer-{ion}", nested=True):
                     mlflow.set_tag(STEP_TAG, "transfer_ion")
-                    result = transfer_ion(ion, dataset, base, settings, args, prof)
+                    try:
+                        result = transfer_ion(ion, dataset, base, settings, args, prof)
+                    except VoltmodelsError as exc:  # one ion too small to split must not stop the others
+                        mlflow.set_tag("skipped", str(exc))
+                        print(f"skipping {ion}: {exc}", file=sys.stderr)
+                        continue
             summaries.append(result["summary"])
             print(result["summary"].to_string(index=False))
+        if not summaries:
+            raise VoltmodelsError(f"No ion of {', '.join(ions)} could be transferred; see the skipped tags of the ion runs.")
         combined = pd.concat(summaries, ignore_index=True)
         mlflow.log_text(combined.to_csv(index=False), "comparison.csv")
     return parent.info.run_id

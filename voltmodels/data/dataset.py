@@ -72,10 +72,14 @@ class CuratedDataset:
         return pd.read_csv(self.folder / ELECTRODES)
 
     @cached_property
-    def structures(self) -> dict[str, Structure]:
+    def compact_structures(self) -> dict[str, dict]:
+        """{id_discharge: compact dict}: what the graph cache reads without building Structures."""
         with gzip.open(self.folder / STRUCTURES, "rt") as fh:
-            compact = json.load(fh)
-        return {mid: parse_structure(value) for mid, value in compact.items()}
+            return json.load(fh)
+
+    @cached_property
+    def structures(self) -> dict[str, Structure]:
+        return {mid: parse_structure(value) for mid, value in self.compact_structures.items()}
 
     @property
     def ions(self) -> list[str]:

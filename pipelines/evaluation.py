@@ -58,7 +58,7 @@ def log_final_model(
         checkpoint = Path(tmp) / "checkpoint.pt"
         save_checkpoint(model, checkpoint, settings.to_dict(), {"ion": ion, "conformal_halfwidth": halfwidth, "dataset_digest": dataset.digest, "method": method})
         info = log_cgcnn_model(str(checkpoint), f"cgcnn-{ion}-{method}", input_example(dataset, rows, ion), name, registry.next_version(name) if register else "")
-    mlflow.log_metrics({k: v for k, v in metrics.items()}, model_id=info.model_id)
+    mlflow.log_metrics(metrics, model_id=info.model_id)
     if not register:
         return None
     version_tags = {

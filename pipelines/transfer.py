@@ -104,7 +104,7 @@ def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
             pairs = {}
             for method in methods:
                 started = time.perf_counter()
-                model, result = fit_method(method, base, sets, settings, config)
+                model, _ = fit_method(method, base, sets, settings, config)
                 test_pred = predict(model, sets["test"], settings)
                 val_mae = regression_metrics(sets["val"].targets, predict(model, sets["val"], settings))["mae"]
                 metrics = regression_metrics(sets["test"].targets, test_pred)

@@ -23,7 +23,7 @@ from voltmodels.featurized import dataset_graphs
 from voltmodels.graphs.featurize import GraphSettings
 from voltmodels.model import CGCNN, load_checkpoint, save_checkpoint
 from voltmodels.training import Pruned, build_graph_sets, train
-from voltmodels.tuning import configs_from_params, create_study, profile, suggest
+from voltmodels.tuning import configs_from_params, create_study, optimize_capped, profile, suggest
 
 ION = "Li"
 
@@ -87,23 +87,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
-def optimize_capped(study, objective, max_trials: int, timeout: float | None) -> None:
-    """Run trials one at a time while the study has started fewer than `max_trials`.
-
-    Checked before each trial, so a worker that comes up after the others have started the last
-    trials starts none; Optuna's MaxTrialsCallback only checks after a trial, so a late worker
-    always starts one more.
-    """
-    deadline = time.monotonic() + timeout if timeout else None
-    # An enqueued (WAITING) trial is not started yet: the next optimize call runs it.
-    started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    while len(study.get_trials(deepcopy=False, states=started)) < max_trials:
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            break
-        study.optimize(objective, n_trials=1, timeout=remaining, gc_after_trial=True)
 
 
 def run_workers(study, objective, args, total_trials: int, timeout: float | None) -> None:

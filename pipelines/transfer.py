@@ -4,9 +4,8 @@ scratch, fine-tuning and the SVR/KRR/RFR baselines; the best transferred model i
 from __future__ import annotations
 
 import argparse
-import sys
 import re
-import time
+import sys
 
 import mlflow
 import numpy as np
@@ -19,8 +18,8 @@ from voltmodels.config import VoltmodelsError, set_torch_threads
 from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
 from voltmodels.registry import resolve_model_uri
-from voltmodels.training import build_graph_sets, predict, regression_metrics
-from voltmodels.transfer import METHODS, MIN_ROWS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, fit_method
+from voltmodels.training import build_graph_sets
+from voltmodels.transfer import METHODS, MIN_ROWS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, summarize
 from voltmodels.tuning import profile
 
 SPLITS = ("random", "framework")
@@ -102,25 +101,18 @@ def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
             if min(len(sets["train"]), len(sets["val"]), len(sets["test"])) < 2:
                 raise VoltmodelsError(f"Working ion {ion} has too few electrodes for a {strategy} train/val/test split ({len(rows_all)} rows).")
             pairs = {}
-            for method in methods:
-                started = time.perf_counter()
-                model, _ = fit_method(method, base, sets, settings, config)
-                test_pred = predict(model, sets["test"], settings)
-                val_mae = regression_metrics(sets["val"].targets, predict(model, sets["val"], settings))["mae"]
-                metrics = regression_metrics(sets["test"].targets, test_pred)
-                records.append({"ion": ion, "split": strategy, "repeat": repeat, "method": method, "val_mae": val_mae, **{f"test_{k}": v for k, v in metrics.items()}, "seconds": time.perf_counter() - started})
-                mlflow.log_metric(f"{prefix}{method}_test_mae", metrics["mae"], step=repeat)
-                pairs[method] = (sets["test"].targets, test_pred)
-                if strategy == "random" and repeat == 0 and method in REGISTERED_METHODS:
-                    keep[method] = (model, sets, rows)
+            for outcome in compare_methods(methods, base, sets, settings, config):
+                records.append(outcome.record(ion=ion, split=strategy, repeat=repeat))
+                mlflow.log_metric(f"{prefix}{outcome.method}_test_mae", outcome.test_metrics["mae"], step=repeat)
+                pairs[outcome.method] = (sets["test"].targets, outcome.test_pred)
+                if strategy == "random" and repeat == 0 and outcome.method in REGISTERED_METHODS:
+                    keep[outcome.method] = (outcome.model, sets, rows)
             if repeat == 0:
                 fig = plots.parity_plot(pairs, f"{ion} test, {strategy} split")
                 mlflow.log_figure(fig, f"parity_{ion}_{strategy}.png")
                 plots.close(fig)
     table = pd.DataFrame(records)
-    summary = table.groupby(["ion", "split", "method"], sort=False).agg(
-        mae_mean=("test_mae", "mean"), mae_std=("test_mae", "std"), rmse_mean=("test_rmse", "mean"), r2_mean=("test_r2", "mean"), val_mae_mean=("val_mae", "mean")
-    ).reset_index()
+    summary = summarize(table)
     for row in summary.itertuples():
         prefix = "" if row.split == "random" else f"{row.split}_"
         mlflow.log_metrics({f"{prefix}{row.method}_test_mae_mean": row.mae_mean, f"{prefix}{row.method}_test_mae_std": 0.0 if np.isnan(row.mae_std) else row.mae_std, f"{prefix}{row.method}_test_rmse_mean": row.rmse_mean, f"{prefix}{row.method}_test_r2_mean": row.r2_mean})

@@ -42,6 +42,23 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+DEVICE_ENV = "VOLTMODELS_DEVICE"
+
+
+def torch_device() -> str:
+    """Where training runs: $VOLTMODELS_DEVICE ("cpu", "cuda", "cuda:1", or "auto" = cuda when present).
+
+    CPU by default so that results on a laptop, in CI and on a server agree; trained models always
+    come back to the CPU, so saving, serving and interpretation never see a GPU tensor.
+    """
+    value = os.environ.get(DEVICE_ENV, "cpu").strip() or "cpu"
+    if value == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return value
+
+
 def set_torch_threads(n: int | None = None) -> None:
     """Pin torch's thread pools: unpinned, several processes on 2 cores stall each other badly."""
     import torch

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from voltmodels.config import torch_device
 from voltmodels.graphs.batch import collate
 from voltmodels.graphs.featurize import CrystalGraph, GraphSettings
 from voltmodels.model import CGCNN
@@ -31,6 +32,8 @@ class TrainConfig:
     seed: int = 0
     #: "all" trains everything; "head" trains only the hidden FC + output layers (frozen body).
     trainable: str = "all"
+    #: Where the epochs run ("cpu", "cuda"); the returned model is always on the CPU.
+    device: str = field(default_factory=torch_device)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,20 +71,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def iterate_batches(data: GraphSet, settings: GraphSettings, batch_size: int, rng: np.random.Generator | None = None):
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def iterate_batches(data: GraphSet, settings: GraphSettings, batch_size: int, rng: np.random.Generator | None = None, device: torch.device | str = "cpu"):
+    """(GraphBatch, targets) on `device`; shuffled and without a lone leftover when `rng` is given."""
     order = rng.permutation(len(data)) if rng is not None else np.arange(len(data))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         if rng is not None and len(idx) < 2:
             continue  # BatchNorm needs two samples; a lone leftover is skipped this epoch
-        yield collate([data.graphs[i] for i in idx], settings), torch.as_tensor(data.targets[idx], dtype=torch.float32)
+        batch = collate([data.graphs[i] for i in idx], settings)
+        target = torch.as_tensor(data.targets[idx], dtype=torch.float32)
+        yield batch.to(device), target.to(device)
 
 
 @torch.no_grad()
 def predict(model: CGCNN, data: GraphSet, settings: GraphSettings, batch_size: int = 256) -> np.ndarray:
-    """Predicted volts for every graph, in order."""
+    """Predicted volts for every graph, in order (on whatever device the model is)."""
     model.eval()
-    out = [model.predict_volts(batch).numpy() for batch, _ in iterate_batches(data, settings, batch_size)]
+    device = model_device(model)
+    out = [model.predict_volts(batch).cpu().numpy() for batch, _ in iterate_batches(data, settings, batch_size, device=device)]
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -104,8 +115,13 @@ def train(
     progress: bool = True,
     fit_scaler: bool = True,
 ) -> TrainResult:
-    """Train on standardized targets; keep the weights of the best validation-MAE epoch."""
+    """Train on standardized targets; keep the weights of the best validation-MAE epoch.
+
+    Runs on `config.device`; `model` is moved there, and the returned best model is on the CPU.
+    """
     seed_everything(config.seed)
+    device = torch.device(config.device)
+    model.to(device)
     if fit_scaler:
         model.set_target_scaler(train_set.targets.mean(), train_set.targets.std())
     if config.trainable == "head":
@@ -127,14 +143,14 @@ def train(
         # once and train the head on them, instead of re-running the convolutions every epoch.
         with torch.no_grad():
             model.eval()
-            frozen_features = torch.cat([model.pooled(b) for b, _ in iterate_batches(train_set, settings, 256)])
-            frozen_val = torch.cat([model.pooled(b) for b, _ in iterate_batches(val_set, settings, 256)])
-        frozen_targets = torch.as_tensor(train_set.targets, dtype=torch.float32)
+            frozen_features = torch.cat([model.pooled(b) for b, _ in iterate_batches(train_set, settings, 256, device=device)])
+            frozen_val = torch.cat([model.pooled(b) for b, _ in iterate_batches(val_set, settings, 256, device=device)])
+        frozen_targets = torch.as_tensor(train_set.targets, dtype=torch.float32, device=device)
 
         def validation_predictions() -> np.ndarray:
             model.eval()
             with torch.no_grad():
-                return (model.head(frozen_val) * model.target_std + model.target_mean).numpy()
+                return (model.head(frozen_val) * model.target_std + model.target_mean).cpu().numpy()
     else:
 
         def validation_predictions() -> np.ndarray:
@@ -143,13 +159,14 @@ def train(
     for epoch in bar:
         started = time.perf_counter()
         _set_train_mode(model, config.trainable)
-        total_loss, total_abs, n = 0.0, 0.0, 0
+        # Sums stay tensors on the device: no host sync per batch.
+        total_loss, total_abs, n = torch.zeros((), device=device), torch.zeros((), device=device), 0
         if config.trainable == "head":
-            order = torch.as_tensor(rng.permutation(len(frozen_targets)))
+            order = torch.as_tensor(rng.permutation(len(frozen_targets)), device=device)
             batches = ((frozen_features[idx], frozen_targets[idx]) for idx in order.split(config.batch_size))
             forward = model.head
         else:
-            batches = iterate_batches(train_set, settings, config.batch_size, rng)
+            batches = iterate_batches(train_set, settings, config.batch_size, rng, device=device)
             forward = model
         for batch, target in batches:
             pred = forward(batch)
@@ -157,13 +174,13 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * len(target)
-            total_abs += float((pred.detach() * std + mean - target).abs().sum())
+            total_loss += loss.detach() * len(target)
+            total_abs += (pred.detach() * std + mean - target).abs().sum()
             n += len(target)
         epoch_times.append(time.perf_counter() - started)
         val_mae = float(np.mean(np.abs(validation_predictions() - val_set.targets)))
         scheduler.step(val_mae)
-        metrics = {"train_loss": total_loss / max(n, 1), "train_mae": total_abs / max(n, 1), "val_mae": val_mae}
+        metrics = {"train_loss": float(total_loss) / max(n, 1), "train_mae": float(total_abs) / max(n, 1), "val_mae": val_mae}
         history.append({"epoch": epoch, **metrics})
         if val_mae < best.best_val_mae:
             best.model, best.best_epoch, best.best_val_mae = copy.deepcopy(model), epoch, val_mae
@@ -175,7 +192,8 @@ def train(
             break
     best.history = history
     best.seconds_per_epoch = float(np.mean(epoch_times)) if epoch_times else 0.0
-    best.model.eval()
+    best.model.cpu().eval()
+    model.cpu()
     return best
 
 
@@ -213,6 +231,15 @@ def fit_local_head(model: CGCNN, data: GraphSet, settings: GraphSettings, ridge:
     model.local_head.bias.copy_(coef[-1:].float())
     fitted = (x1 @ coef).float() * model.target_std + model.target_mean
     return float((fitted - torch.as_tensor(data.targets)).abs().mean())
+
+
+def concat_graph_sets(parts: Sequence[GraphSet]) -> GraphSet:
+    """One GraphSet of several (e.g. the training rows of every ion, for a shared multi-ion model)."""
+    return GraphSet(
+        graphs=[g for part in parts for g in part.graphs],
+        targets=np.concatenate([part.targets for part in parts]).astype(np.float32),
+        ids=[i for part in parts for i in part.ids],
+    )
 
 
 def build_graph_sets(rows, graphs: dict, split_column: str = "split") -> dict[str, GraphSet]:

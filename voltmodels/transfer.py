@@ -12,11 +12,15 @@ Methods, all evaluated on the same split of the target ion:
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
 
 from voltmodels.graphs.featurize import GraphSettings
 from voltmodels.model import CGCNN
-from voltmodels.training import GraphSet, TrainConfig, TrainResult, train
+from voltmodels.training import GraphSet, TrainConfig, TrainResult, predict, regression_metrics, train
 
 METHODS = ("li_direct", "scratch", "freeze", "finetune")
 TRANSFER_MODES = ("freeze", "finetune")  # the `mode` param chooses among these
@@ -61,3 +65,38 @@ def fit_method(method: str, base: CGCNN, sets: dict[str, GraphSet], settings: Gr
     )
     result = train(model, sets["train"], sets["val"], settings, train_config, progress=False)
     return result.model, result
+
+
+@dataclass
+class MethodOutcome:
+    """One method on one split: its model, validation MAE and test predictions."""
+
+    method: str
+    model: CGCNN
+    val_mae: float
+    test_pred: np.ndarray
+    test_metrics: dict
+    seconds: float
+
+    def record(self, **keys) -> dict:
+        return {**keys, "method": self.method, "val_mae": self.val_mae, **{f"test_{k}": v for k, v in self.test_metrics.items()}, "seconds": self.seconds}
+
+
+def compare_methods(methods, base: CGCNN, sets: dict[str, GraphSet], settings: GraphSettings, config: TransferConfig) -> list[MethodOutcome]:
+    """Fit and evaluate each method on the same train/val/test sets."""
+    outcomes = []
+    for method in methods:
+        started = time.perf_counter()
+        model, _ = fit_method(method, base, sets, settings, config)
+        test_pred = predict(model, sets["test"], settings)
+        val_mae = regression_metrics(sets["val"].targets, predict(model, sets["val"], settings))["mae"]
+        metrics = regression_metrics(sets["test"].targets, test_pred)
+        outcomes.append(MethodOutcome(method, model, val_mae, test_pred, metrics, time.perf_counter() - started))
+    return outcomes
+
+
+def summarize(records: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over repeats per ion, split and method, from `MethodOutcome.record` rows."""
+    return records.groupby(["ion", "split", "method"], sort=False).agg(
+        mae_mean=("test_mae", "mean"), mae_std=("test_mae", "std"), rmse_mean=("test_rmse", "mean"), r2_mean=("test_r2", "mean"), val_mae_mean=("val_mae", "mean")
+    ).reset_index()

@@ -6,9 +6,11 @@ so several processes can share one study.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import optuna
+from optuna.trial import TrialState
 
 from voltmodels.config import VoltmodelsError
 from voltmodels.model import CGCNNConfig
@@ -78,3 +80,20 @@ def create_study(name: str, storage: str | None, seed: int) -> optuna.Study:
     if not study.trials:
         study.enqueue_trial(DEFAULT_PARAMS, skip_if_exists=True)
     return study
+
+
+def optimize_capped(study, objective, max_trials: int, timeout: float | None) -> None:
+    """Run trials one at a time while the study has started fewer than `max_trials`.
+
+    Checked before each trial, so a worker that comes up after the others have started the last
+    trials starts none; Optuna's MaxTrialsCallback only checks after a trial, so a late worker
+    always starts one more.
+    """
+    deadline = time.monotonic() + timeout if timeout else None
+    # An enqueued (WAITING) trial is not started yet: the next optimize call runs it.
+    started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    while len(study.get_trials(deepcopy=False, states=started)) < max_trials:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            break
+        study.optimize(objective, n_trials=1, timeout=remaining, gc_after_trial=True)

@@ -1,0 +1,309 @@
+"""The paper-profile accuracy study without a tracking store, spread over processes (and a GPU).
+
+For a machine that has torch, pymatgen and Optuna but no MLflow (a rented GPU box): the same
+library code and seeded splits as `train_li`, `benchmarks/li_accuracy.py` and `transfer`, with the
+MLflow logging left out. Phases, in order:
+
+  search    Optuna (TPE + median pruning, reference defaults first) over CGCNN hyperparameters on
+            the Li random split 0, `--workers` processes sharing one journal-file study;
+  li        the best parameters trained on Li over `--li-seeds` seeds of the random and the
+            framework split, beside the random forest on the same rows (when --features is given);
+            the random-split seed-0 model is the transfer base, as the registered champion is;
+  multi     a shared multi-ion CGCNN per split strategy and repeat, trained on the union of every
+            ion's training rows of that split (the atoms of the working ion are nodes of the
+            graph, so the ion is an input like any other element); no ion's test rows are seen;
+  transfer  per ion, strategy and repeat: li_direct, scratch, freeze, finetune, and multi_direct /
+            multi_finetune (the shared model as is, and fine-tuned on the ion).
+
+Every result is appended to a CSV in --out when it is ready, so a run cut short keeps what it did.
+
+    VOLTMODELS_DEVICE=cuda python benchmarks/offline_study.py --dataset DATASET_DIR \\
+        --features features.parquet --out results --workers 12 --search-seconds 240
+
+Bring the search home with `python benchmarks/offline_study.py --enqueue-best results` (adds the
+best parameters as the next trial of the project's Li study; `train_li` then trains, logs and
+registers it). Print the tables with `--report results`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from voltmodels.config import set_torch_threads, torch_device  # noqa: E402
+from voltmodels.data.dataset import load_dataset  # noqa: E402
+from voltmodels.featurized import dataset_graphs  # noqa: E402
+from voltmodels.graphs.featurize import GraphSettings  # noqa: E402
+from voltmodels.model import CGCNN, load_checkpoint, save_checkpoint  # noqa: E402
+from voltmodels.training import GraphSet, Pruned, build_graph_sets, concat_graph_sets, predict, regression_metrics, train  # noqa: E402
+from voltmodels.transfer import METHODS, TransferConfig, compare_methods, summarize  # noqa: E402
+from voltmodels.tuning import DEFAULT_PARAMS, configs_from_params, create_study, optimize_capped, suggest  # noqa: E402
+
+STUDY = "li-offline"
+SPLITS = ("random", "framework")
+MULTI_METHODS = {"li_direct": "multi_direct", "finetune": "multi_finetune"}  # method on the multi base -> its name
+
+# Per worker process: the dataset and all its graphs, loaded once.
+_STATE: dict = {}
+
+
+def _init_worker(args: argparse.Namespace) -> None:
+    set_torch_threads(1)
+    dataset = load_dataset(args.dataset)
+    settings = GraphSettings()
+    graphs, errors = dataset_graphs(dataset, None, settings, progress=False)
+    _STATE.update(args=args, dataset=dataset, settings=settings, graphs=graphs, n_graph_errors=len(errors))
+
+
+def _append(path: Path, row: dict) -> None:
+    frame = pd.DataFrame([row])
+    frame.to_csv(path, mode="a", header=not path.exists(), index=False)
+
+
+def _sets(ion: str, strategy: str, repeat: int) -> dict[str, GraphSet]:
+    return build_graph_sets(_STATE["dataset"].split(ion, strategy, repeat), _STATE["graphs"])
+
+
+def _journal(out: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+
+
+def search_worker(index: int, n_trials: int, deadline: float) -> int:
+    args, settings = _STATE["args"], _STATE["settings"]
+    sets = _sets("Li", "random", 0)
+    study = create_study(STUDY, _journal(Path(args.out)), args.seed + 7919 * index)
+
+    def objective(trial) -> float:
+        params = suggest(trial)
+        model_config, train_config = configs_from_params(params, args.epochs, args.patience, args.seed, settings.n_edge_features)
+
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            trial.report(metrics["val_mae"], epoch)
+            if trial.should_prune():
+                raise Pruned()
+
+        try:
+            result = train(CGCNN(model_config), sets["train"], sets["val"], settings, train_config, on_epoch=on_epoch, progress=False)
+        except Pruned:
+            import optuna
+
+            raise optuna.TrialPruned()
+        trial.set_user_attr("seconds_per_epoch", result.seconds_per_epoch)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("device", str(train_config.device))
+        return result.best_val_mae
+
+    optimize_capped(study, objective, n_trials, max(1.0, deadline - time.time()))
+    return index
+
+
+def best_params(out: Path) -> dict:
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=STUDY, storage=_journal(out))
+        return dict(study.best_trial.params)
+    except (KeyError, ValueError):
+        return dict(DEFAULT_PARAMS)
+
+
+def li_task(strategy: str, seed: int, params: dict) -> dict:
+    args, settings = _STATE["args"], _STATE["settings"]
+    rows = _STATE["dataset"].split("Li", strategy, seed)
+    sets = build_graph_sets(rows, _STATE["graphs"])
+    model_config, train_config = configs_from_params(params, args.epochs, args.patience, seed, settings.n_edge_features)
+    started = time.perf_counter()
+    result = train(CGCNN(model_config), sets["train"], sets["val"], settings, train_config, progress=False)
+    metrics = regression_metrics(sets["test"].targets, predict(result.model, sets["test"], settings))
+    row = {"split": strategy, "seed": seed, "cgcnn_test_mae": metrics["mae"], "cgcnn_test_r2": metrics["r2"], "val_mae": result.best_val_mae,
+           "epochs": len(result.history), "best_epoch": result.best_epoch, "s_per_epoch": result.seconds_per_epoch, "train_s": time.perf_counter() - started,
+           "device": train_config.device}
+    if strategy == "random" and seed == 0:
+        save_checkpoint(result.model, Path(args.out) / "li_base.pt", settings.to_dict(), {"ion": "Li", "params": params})
+    if args.features:
+        from voltmodels import baselines
+
+        features = pd.read_parquet(args.features)
+        X, y = baselines.features_and_targets(rows[rows.split == "train"], features)
+        Xt, yt = baselines.features_and_targets(rows[rows.split == "test"], features)
+        rf = baselines.fit_method("rfr", X, y, profile="paper", seed=seed)
+        row["rfr_test_mae"] = float(np.mean(np.abs(rf.model.predict(Xt) - yt)))
+    return row
+
+
+def multi_task(strategy: str, repeat: int, params: dict) -> dict:
+    """A shared CGCNN on every ion's training rows of this split; saved for the transfer phase."""
+    args, settings, dataset = _STATE["args"], _STATE["settings"], _STATE["dataset"]
+    per_ion = {ion: _sets(ion, strategy, repeat) for ion in dataset.ions if len(dataset.rows(ion)) >= 20}
+    union = {part: concat_graph_sets([sets[part] for sets in per_ion.values()]) for part in ("train", "val")}
+    model_config, train_config = configs_from_params(params, args.epochs, args.patience, args.seed + repeat, settings.n_edge_features)
+    started = time.perf_counter()
+    result = train(CGCNN(model_config), union["train"], union["val"], settings, train_config, progress=False)
+    save_checkpoint(result.model, Path(args.out) / f"multi_{strategy}_{repeat}.pt", settings.to_dict(), {"params": params})
+    return {"split": strategy, "repeat": repeat, "n_train": len(union["train"]), "val_mae": result.best_val_mae, "epochs": len(result.history),
+            "s_per_epoch": result.seconds_per_epoch, "train_s": time.perf_counter() - started}
+
+
+def transfer_task(ion: str, strategy: str, repeat: int) -> list[dict]:
+    args, settings = _STATE["args"], _STATE["settings"]
+    out = Path(args.out)
+    sets = _sets(ion, strategy, repeat)
+    if min(len(s) for s in sets.values()) < 2:
+        return []
+    config = TransferConfig(epochs=args.epochs, patience=args.patience, seed=args.seed)
+    keys = dict(ion=ion, split=strategy, repeat=repeat)
+    base, _, _ = load_checkpoint(out / "li_base.pt")
+    records = [o.record(**keys) for o in compare_methods(METHODS, base, sets, settings, config)]
+    multi_path = out / f"multi_{strategy}_{repeat}.pt"
+    if multi_path.exists():
+        multi, _, _ = load_checkpoint(multi_path)
+        for outcome in compare_methods(list(MULTI_METHODS), multi, sets, settings, config):
+            outcome.method = MULTI_METHODS[outcome.method]
+            records.append(outcome.record(**keys))
+    return records
+
+
+def _run_tasks(pool, tasks: list[tuple], deadline: float, on_result) -> None:
+    """Submit (fn, *args) tasks; hand each result to on_result(fn name, result); stop waiting at the deadline."""
+    futures = {pool.submit(fn, *fn_args): (fn.__name__, fn_args) for fn, *fn_args in tasks}
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=max(0.0, deadline - time.time()), return_when=FIRST_COMPLETED)
+        if not done:
+            print(f"deadline: {len(pending)} tasks left unfinished", flush=True)
+            # Running tasks cannot be cancelled: end the workers, or leaving the pool would wait for them.
+            processes = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            raise TimeoutError("deadline reached")
+        for future in done:
+            name, fn_args = futures[future]
+            try:
+                on_result(name, future.result())
+            except Exception:
+                print(f"{name}{fn_args} failed:\n{traceback.format_exc()}", flush=True)
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    deadline = start + args.total_seconds
+    stamp = lambda: f"[{time.time() - start:6.0f} s]"  # noqa: E731
+    dataset = load_dataset(args.dataset)
+    print(f"dataset {dataset.digest}; device {torch_device()}; {args.workers} workers", flush=True)
+    ions = [i for i in args.ions.split(",") if i]
+    pool = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(args,))
+    try:
+        if args.n_trials:
+            search_deadline = min(deadline, start + args.search_seconds)
+            _run_tasks(pool, [(search_worker, i, args.n_trials, search_deadline) for i in range(args.workers)], deadline, lambda name, result: None)
+            import optuna
+
+            study = optuna.load_study(study_name=STUDY, storage=_journal(out))
+            study.trials_dataframe().to_csv(out / "search_trials.csv", index=False)
+            print(f"{stamp()} search: {len(study.trials)} trials, best val MAE {study.best_value:.3f} V with {study.best_params}", flush=True)
+        params = best_params(out)
+        (out / "best_params.json").write_text(json.dumps(params, indent=2))
+
+        files = {"li_task": out / "li_accuracy.csv", "multi_task": out / "multi_models.csv", "transfer_task": out / "transfer.csv"}
+
+        def record(name: str, result) -> None:
+            for row in result if isinstance(result, list) else [result]:
+                _append(files[name], row)
+                print(stamp(), {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+
+        li_tasks = [(li_task, s, seed, params) for s in SPLITS for seed in range(args.li_seeds)]
+        multi_tasks = [(multi_task, s, r, params) for s in SPLITS for r in range(args.n_repeats)] if args.multi else []
+        transfer_tasks = [(transfer_task, ion, s, r) for s in SPLITS for r in range(args.n_repeats) for ion in ions]
+        # Transfer needs the Li base (random split, seed 0) and the multi-ion models: those first,
+        # with the other Li seeds filling the remaining workers.
+        _run_tasks(pool, li_tasks + multi_tasks, deadline, record)
+        _run_tasks(pool, transfer_tasks, deadline, record)
+        pool.shutdown()
+        print(f"{stamp()} done", flush=True)
+    except TimeoutError:
+        print(f"{stamp()} stopped at the deadline; the CSV files hold what finished", flush=True)
+
+
+def print_report(out: Path) -> None:
+    li = out / "li_accuracy.csv"
+    if li.exists():
+        table = pd.read_csv(li)
+        print("\n### Li test MAE (V)\n")
+        print(table.round(3).to_markdown(index=False))
+        agg = {"cgcnn_mean": ("cgcnn_test_mae", "mean"), "cgcnn_std": ("cgcnn_test_mae", "std"), "n": ("seed", "count"), "s_per_epoch": ("s_per_epoch", "mean")}
+        if "rfr_test_mae" in table:
+            agg.update(rfr_mean=("rfr_test_mae", "mean"), rfr_std=("rfr_test_mae", "std"))
+        print("\n" + table.groupby("split").agg(**agg).round(3).to_markdown())
+    tr = out / "transfer.csv"
+    if tr.exists():
+        summary = summarize(pd.read_csv(tr))
+        summary["cell"] = summary.apply(lambda r: f"{r.mae_mean:.3f} ± {0 if pd.isna(r.mae_std) else r.mae_std:.3f}", axis=1)
+        counts = pd.read_csv(tr).groupby(["ion", "split"])["repeat"].nunique()
+        for split, part in summary.groupby("split", sort=False):
+            wide = part.pivot_table(index="ion", columns="method", values="cell", aggfunc="first")
+            wide = wide[[m for m in (*METHODS, *MULTI_METHODS.values()) if m in wide.columns]]
+            wide.insert(0, "repeats", counts.xs(split, level="split").reindex(wide.index))
+            print(f"\n### test MAE (V), {split} split, mean ± std over repeats\n")
+            print(wide.to_markdown())
+
+
+def enqueue_best(out: Path, study_name: str, storage: str) -> None:
+    """Add the offline search's best parameters as the next trial of the project's Li study."""
+    params = json.loads((out / "best_params.json").read_text())
+    study = create_study(study_name, storage, 0)
+    study.enqueue_trial(params, skip_if_exists=True)
+    print(f"enqueued {params} in study {study_name}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="latest", help="curated dataset folder (or curate run id where MLflow is installed)")
+    p.add_argument("--features", default="", help="parquet of matminer features (index id_discharge) for the RF beside Li")
+    p.add_argument("--out", default="offline_study")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    p.add_argument("--n-trials", type=int, default=48, help="trials for the study (0: skip the search)")
+    p.add_argument("--search-seconds", type=float, default=240)
+    p.add_argument("--total-seconds", type=float, default=3600)
+    p.add_argument("--epochs", type=int, default=120)
+    p.add_argument("--patience", type=int, default=25)
+    p.add_argument("--li-seeds", type=int, default=3)
+    p.add_argument("--n-repeats", type=int, default=5)
+    p.add_argument("--ions", default="Mg,Ca,Zn,Al,Na,K,Y,Rb,Cs")
+    p.add_argument("--multi", default="true", choices=["true", "false"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", default="", help="print the tables of a finished --out folder and stop")
+    p.add_argument("--enqueue-best", default="", help="an --out folder whose best parameters go to the project's Li study")
+    p.add_argument("--study-name", default="", help="with --enqueue-best")
+    p.add_argument("--storage", default="", help="with --enqueue-best (default: the project's optuna.db)")
+    args = p.parse_args()
+    args.multi = args.multi == "true"
+    if args.report:
+        print_report(Path(args.report))
+    elif args.enqueue_best:
+        from voltmodels.config import cache_dir
+
+        enqueue_best(Path(args.enqueue_best), args.study_name, args.storage or f"sqlite:///{cache_dir() / 'optuna.db'}")
+    else:
+        run(args)
+        print_report(Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -112,8 +112,12 @@ def search_worker(index: int, n_trials: int, deadline: float) -> int:
 
 
 def best_params(out: Path) -> dict:
+    """The search's best parameters (or those a previous run left in best_params.json), else the defaults."""
     import optuna
 
+    saved = out / "best_params.json"
+    if saved.exists() and not (out / "optuna.journal").exists():
+        return json.loads(saved.read_text())
     try:
         study = optuna.load_study(study_name=STUDY, storage=_journal(out))
         return dict(study.best_trial.params)
@@ -210,7 +214,7 @@ def run(args: argparse.Namespace) -> None:
     ions = [i for i in args.ions.split(",") if i]
     pool = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(args,))
     try:
-        if args.n_trials:
+        if "search" in args.phases and args.n_trials:
             search_deadline = min(deadline, start + args.search_seconds)
             _run_tasks(pool, [(search_worker, i, args.n_trials, search_deadline) for i in range(args.workers)], deadline, lambda name, result: None)
             import optuna
@@ -228,9 +232,10 @@ def run(args: argparse.Namespace) -> None:
                 _append(files[name], row)
                 print(stamp(), {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
 
-        li_tasks = [(li_task, s, seed, params) for s in SPLITS for seed in range(args.li_seeds)]
-        multi_tasks = [(multi_task, s, r, params) for s in SPLITS for r in range(args.n_repeats)] if args.multi else []
-        transfer_tasks = [(transfer_task, ion, s, r) for s in SPLITS for r in range(args.n_repeats) for ion in ions]
+        splits = [s for s in args.splits.split(",") if s]
+        li_tasks = [(li_task, s, seed, params) for s in SPLITS for seed in range(args.li_seeds)] if "li" in args.phases else []
+        multi_tasks = [(multi_task, s, r, params) for s in splits for r in range(args.n_repeats)] if "multi" in args.phases else []
+        transfer_tasks = [(transfer_task, ion, s, r) for s in splits for r in range(args.n_repeats) for ion in ions] if "transfer" in args.phases else []
         # Transfer needs the Li base (random split, seed 0) and the multi-ion models: those first,
         # with the other Li seeds filling the remaining workers.
         _run_tasks(pool, li_tasks + multi_tasks, deadline, record)
@@ -286,14 +291,15 @@ def main() -> None:
     p.add_argument("--li-seeds", type=int, default=3)
     p.add_argument("--n-repeats", type=int, default=5)
     p.add_argument("--ions", default="Mg,Ca,Zn,Al,Na,K,Y,Rb,Cs")
-    p.add_argument("--multi", default="true", choices=["true", "false"])
+    p.add_argument("--phases", default="search,li,multi,transfer", help="which phases to run; transfer without li needs li_base.pt in --out")
+    p.add_argument("--splits", default="random,framework", help="split strategies of the multi and transfer phases")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", default="", help="print the tables of a finished --out folder and stop")
     p.add_argument("--enqueue-best", default="", help="an --out folder whose best parameters go to the project's Li study")
     p.add_argument("--study-name", default="", help="with --enqueue-best")
     p.add_argument("--storage", default="", help="with --enqueue-best (default: the project's optuna.db)")
     args = p.parse_args()
-    args.multi = args.multi == "true"
+    args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     if args.report:
         print_report(Path(args.report))
     elif args.enqueue_best:

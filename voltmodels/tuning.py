@@ -7,6 +7,7 @@ so several processes can share one study.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -67,8 +68,19 @@ def configs_from_params(params: dict, epochs: int, patience: int, seed: int, edg
     return model, train
 
 
-def create_study(name: str, storage: str | None, seed: int) -> optuna.Study:
-    """Create or join a study; a fresh one starts with the reference defaults as its first trial."""
+#: A trial whose process died (killed session, lost worker) stops sending heartbeats; after the
+#: grace period the next optimize call marks it FAIL, so a resumed study does not count it as started.
+HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 300
+
+
+def create_study(name: str, storage, seed: int) -> optuna.Study:
+    """Create or join a study; a fresh one starts with the reference defaults as its first trial.
+
+    `storage` is None (in memory), an RDB URL (SQLite, PostgreSQL...: with trial heartbeats) or
+    any Optuna storage object.
+    """
+    if isinstance(storage, str) and storage:
+        storage = optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
     study = optuna.create_study(
         study_name=name,
         storage=storage,
@@ -90,6 +102,9 @@ def optimize_capped(study, objective, max_trials: int, timeout: float | None) ->
     always starts one more.
     """
     deadline = time.monotonic() + timeout if timeout else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # trials of dead processes are not "started"
     # An enqueued (WAITING) trial is not started yet: the next optimize call runs it.
     started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     while len(study.get_trials(deepcopy=False, states=started)) < max_trials:

@@ -1,0 +1,64 @@
+"""The offline (GPU-box) study script, device selection and Optuna stale-trial recovery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import REPO
+from voltmodels.config import torch_device
+from voltmodels.transfer import METHODS
+from voltmodels.tuning import create_study, optimize_capped
+
+
+@pytest.mark.parametrize("value, expected", [("cpu", "cpu"), ("cuda:1", "cuda:1"), ("", "cpu"), ("auto", "cuda" if torch.cuda.is_available() else "cpu")])
+def test_torch_device_comes_from_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv("VOLTMODELS_DEVICE", value)
+    assert torch_device() == expected
+
+
+def test_a_trial_left_running_by_a_dead_process_is_failed_and_the_study_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr("voltmodels.tuning.HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr("voltmodels.tuning.GRACE_SECONDS", 1)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = create_study("resume", url, seed=0)
+    orphan = study.ask()  # started by a worker that then died: RUNNING, heartbeat goes stale
+    study._storage.record_heartbeat(orphan._trial_id)
+    time.sleep(2.5)
+    resumed = create_study("resume", url, seed=0)
+    optimize_capped(resumed, lambda trial: trial.suggest_float("x", 0, 1), max_trials=2, timeout=None)
+    states = [t.state for t in resumed.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 1
+
+
+def test_offline_study_runs_every_phase_and_hands_its_best_params_to_the_project_study(li_champion, tmp_path):
+    from voltmodels.data.dataset import load_dataset
+
+    folder = load_dataset("latest").folder
+    out = tmp_path / "study"
+    cmd = [sys.executable, "benchmarks/offline_study.py", "--dataset", str(folder), "--out", str(out), "--workers", "1", "--n-trials", "1",
+           "--epochs", "1", "--patience", "1", "--li-seeds", "1", "--n-repeats", "1", "--ions", "Mg", "--splits", "random", "--total-seconds", "600"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "VOLTMODELS_TORCH_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    li = pd.read_csv(out / "li_accuracy.csv")
+    assert sorted(li["split"]) == ["framework", "random"] and li["cgcnn_test_mae"].gt(0).all()
+    assert len(pd.read_csv(out / "multi_models.csv")) == 1
+    transfer = pd.read_csv(out / "transfer.csv")
+    assert set(transfer["method"]) == {*METHODS, "multi_direct", "multi_finetune"}
+    assert "test MAE (V), random split" in proc.stdout
+
+    # One trial searched: its best are the defaults, which a fresh project study enqueues anyway.
+    found = {**json.loads((out / "best_params.json").read_text()), "n_conv": 4, "learning_rate": 1e-3}
+    (out / "best_params.json").write_text(json.dumps(found))
+    storage = f"sqlite:///{tmp_path / 'project_optuna.db'}"
+    subprocess.run([sys.executable, "benchmarks/offline_study.py", "--enqueue-best", str(out), "--study-name", "li", "--storage", storage], cwd=REPO, check=True, capture_output=True)
+    waiting = [t for t in optuna.load_study(study_name="li", storage=storage).trials if t.state == optuna.trial.TrialState.WAITING]
+    assert found in [t.system_attrs.get("fixed_params") for t in waiting]

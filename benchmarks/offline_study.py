@@ -47,7 +47,7 @@ from voltmodels.featurized import dataset_graphs  # noqa: E402
 from voltmodels.graphs.featurize import GraphSettings  # noqa: E402
 from voltmodels.model import CGCNN, load_checkpoint, save_checkpoint  # noqa: E402
 from voltmodels.training import GraphSet, Pruned, build_graph_sets, concat_graph_sets, predict, regression_metrics, train  # noqa: E402
-from voltmodels.transfer import METHODS, TransferConfig, compare_methods, summarize  # noqa: E402
+from voltmodels.transfer import METHODS, TransferConfig, compare_methods, comparison_tables, summarize  # noqa: E402
 from voltmodels.tuning import DEFAULT_PARAMS, configs_from_params, create_study, optimize_capped, suggest  # noqa: E402
 
 STUDY = "li-offline"
@@ -258,13 +258,9 @@ def print_report(out: Path) -> None:
         print("\n" + table.groupby("split").agg(**agg).round(3).to_markdown())
     tr = out / "transfer.csv"
     if tr.exists():
-        summary = summarize(pd.read_csv(tr))
-        summary["cell"] = summary.apply(lambda r: f"{r.mae_mean:.3f} ± {0 if pd.isna(r.mae_std) else r.mae_std:.3f}", axis=1)
-        counts = pd.read_csv(tr).groupby(["ion", "split"])["repeat"].nunique()
-        for split, part in summary.groupby("split", sort=False):
-            wide = part.pivot_table(index="ion", columns="method", values="cell", aggfunc="first")
-            wide = wide[[m for m in (*METHODS, *MULTI_METHODS.values()) if m in wide.columns]]
-            wide.insert(0, "repeats", counts.xs(split, level="split").reindex(wide.index))
+        records = pd.read_csv(tr)
+        repeats = records.groupby(["ion", "split"])["repeat"].nunique()
+        for split, wide in comparison_tables(summarize(records), (*METHODS, *MULTI_METHODS.values()), repeats).items():
             print(f"\n### test MAE (V), {split} split, mean ± std over repeats\n")
             print(wide.to_markdown())
 

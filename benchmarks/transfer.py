@@ -23,17 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine_line  # noqa: E402
 from pipelines.common import setup_tracking  # noqa: E402
 from pipelines.transfer import baseline_rows  # noqa: E402
+from voltmodels.tracking import finished_runs  # noqa: E402
+from voltmodels.transfer import METHODS, comparison_tables  # noqa: E402
 
-METHOD_ORDER = ["li_direct", "scratch", "freeze", "finetune", "svr", "krr", "rfr"]
+METHOD_ORDER = [*METHODS, "svr", "krr", "rfr"]
 
 
 def latest_comparison(ion: str) -> pd.DataFrame | None:
-    runs = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.`voltmodels.step` LIKE 'transfer%' and tags.ion = '{ion}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        output_format="list",
-    )
+    runs = finished_runs(f"tags.`voltmodels.step` LIKE 'transfer%' and tags.ion = '{ion}'")
     for run in runs:
         try:
             text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/comparison_{ion}.csv")
@@ -73,12 +70,8 @@ def main() -> None:
         print("no finished transfer runs found")
         return
     table = pd.concat(tables, ignore_index=True)
-    table["cell"] = table.apply(lambda r: f"{r.mae_mean:.3f} ± {0 if pd.isna(r.mae_std) else r.mae_std:.3f}", axis=1)
-    for split, part in table.groupby("split", sort=False):
-        wide = part.pivot_table(index="ion", columns="method", values="cell", aggfunc="first")
-        wide = wide[[m for m in METHOD_ORDER if m in wide.columns]].reindex([i for i in ions if i in wide.index])
-        repeats = part.groupby("ion")["n_repeats"].first().reindex(wide.index)
-        wide.insert(0, "repeats", repeats)
+    repeats = table.groupby(["ion", "split"])["n_repeats"].first()
+    for split, wide in comparison_tables(table, METHOD_ORDER, repeats).items():
         print(f"\n### test MAE (V), {split} split, mean ± std over repeats\n")
         print(wide.to_markdown())
 

@@ -30,6 +30,7 @@ from voltmodels import plots, registry
 from voltmodels.config import VoltmodelsError, set_torch_threads
 from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
+from voltmodels.tracking import finished_runs
 
 STEP = "interpret"
 GINI_TOP = "importance/rfr_gini_top20.csv"
@@ -79,9 +80,9 @@ def find_gini_importances(ion: str, digest: str) -> tuple[dict, pd.DataFrame | N
 
     Returns (info for the summary, top-20 table or None, per-property table or None).
     """
-    base = f"tags.ion = '{ion}' and attributes.status = 'FINISHED'"
+    base = f"tags.ion = '{ion}'"
     for filter_string, same_dataset in ((f"{base} and tags.dataset_digest = '{digest}'", True), (base, False)):
-        runs = mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, order_by=["attributes.start_time DESC"], output_format="list")
+        runs = finished_runs(filter_string)
         for run in runs:
             names = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, "importance")}
             path = GINI_TOP if GINI_TOP in names else GINI_ALL if GINI_ALL in names else None

@@ -18,6 +18,7 @@ from voltmodels.config import VoltmodelsError, set_torch_threads
 from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
 from voltmodels.registry import resolve_model_uri
+from voltmodels.tracking import finished_runs
 from voltmodels.training import build_graph_sets
 from voltmodels.transfer import METHODS, MIN_ROWS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, summarize
 from voltmodels.tuning import profile
@@ -56,12 +57,7 @@ def load_base(uri: str):
 
 def baseline_metrics(ion: str, digest: str) -> dict[str, float]:
     """MAE mean/std of the latest baselines run for this ion and dataset, when one exists."""
-    runs = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.ion = '{ion}' and tags.dataset_digest = '{digest}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        output_format="list",
-    )
+    runs = finished_runs(f"tags.ion = '{ion}' and tags.dataset_digest = '{digest}'")
     for run in runs:
         found = {k: v for k, v in run.data.metrics.items() if BASELINE_METRIC.match(k)}
         if found:

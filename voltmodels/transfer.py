@@ -95,6 +95,20 @@ def compare_methods(methods, base: CGCNN, sets: dict[str, GraphSet], settings: G
     return outcomes
 
 
+def comparison_tables(summary: pd.DataFrame, method_order, repeats: pd.Series) -> dict[str, pd.DataFrame]:
+    """Per split, ions × methods of "mean ± std" cells (methods in `method_order`), with a repeats
+    column from `repeats` (indexed by ion and split)."""
+    summary = summary.assign(cell=summary.apply(lambda r: f"{r.mae_mean:.3f} ± {0 if pd.isna(r.mae_std) else r.mae_std:.3f}", axis=1))
+    tables = {}
+    for split, part in summary.groupby("split", sort=False):
+        wide = part.pivot_table(index="ion", columns="method", values="cell", aggfunc="first")
+        wide = wide[[m for m in method_order if m in wide.columns]]
+        wide = wide.reindex([i for i in dict.fromkeys(part["ion"])])
+        wide.insert(0, "repeats", [repeats.get((ion, split)) for ion in wide.index])
+        tables[split] = wide
+    return tables
+
+
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over repeats per ion, split and method, from `MethodOutcome.record` rows."""
     return records.groupby(["ion", "split", "method"], sort=False).agg(

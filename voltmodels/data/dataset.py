@@ -130,15 +130,9 @@ def load_dataset(reference: str | None = None) -> CuratedDataset:
 
 
 def latest_curate_run_id() -> str:
-    import mlflow
+    from voltmodels.tracking import finished_runs
 
-    runs = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.`voltmodels.step` = '{CURATE_STEP}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
+    runs = finished_runs(f"tags.`voltmodels.step` = '{CURATE_STEP}'", max_results=1)
     if not runs:
         raise VoltmodelsError("No finished curate run in the tracking store; run `mlflow run . -e curate` first or pass -P dataset=PATH.")
     return runs[0].info.run_id

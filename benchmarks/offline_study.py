@@ -47,12 +47,11 @@ from voltmodels.featurized import dataset_graphs  # noqa: E402
 from voltmodels.graphs.featurize import GraphSettings  # noqa: E402
 from voltmodels.model import CGCNN, load_checkpoint, save_checkpoint  # noqa: E402
 from voltmodels.training import GraphSet, Pruned, build_graph_sets, concat_graph_sets, predict, regression_metrics, train  # noqa: E402
-from voltmodels.transfer import METHODS, TransferConfig, compare_methods, comparison_tables, summarize  # noqa: E402
+from voltmodels.transfer import METHODS, MIN_ROWS, MULTI_METHODS, TransferConfig, compare_methods, comparison_tables, summarize, train_multi_ion  # noqa: E402
 from voltmodels.tuning import DEFAULT_PARAMS, configs_from_params, create_study, optimize_capped, suggest  # noqa: E402
 
 STUDY = "li-offline"
 SPLITS = ("random", "framework")
-MULTI_METHODS = {"li_direct": "multi_direct", "finetune": "multi_finetune"}  # method on the multi base -> its name
 
 # Per worker process: the dataset and all its graphs, loaded once.
 _STATE: dict = {}
@@ -152,14 +151,14 @@ def li_task(strategy: str, seed: int, params: dict) -> dict:
 def multi_task(strategy: str, repeat: int, params: dict) -> dict:
     """A shared CGCNN on every ion's training rows of this split; saved for the transfer phase."""
     args, settings, dataset = _STATE["args"], _STATE["settings"], _STATE["dataset"]
-    per_ion = {ion: _sets(ion, strategy, repeat) for ion in dataset.ions if len(dataset.rows(ion)) >= 20}
-    union = {part: concat_graph_sets([sets[part] for sets in per_ion.values()]) for part in ("train", "val")}
+    per_ion = {ion: _sets(ion, strategy, repeat) for ion in dataset.ions if len(dataset.rows(ion)) >= MIN_ROWS}
     model_config, train_config = configs_from_params(params, args.epochs, args.patience, args.seed + repeat, settings.n_edge_features)
     started = time.perf_counter()
-    result = train(CGCNN(model_config), union["train"], union["val"], settings, train_config, progress=False)
-    save_checkpoint(result.model, Path(args.out) / f"multi_{strategy}_{repeat}.pt", settings.to_dict(), {"params": params})
-    return {"split": strategy, "repeat": repeat, "n_train": len(union["train"]), "val_mae": result.best_val_mae, "epochs": len(result.history),
-            "s_per_epoch": result.seconds_per_epoch, "train_s": time.perf_counter() - started}
+    model = train_multi_ion(model_config, per_ion, settings, train_config)
+    save_checkpoint(model, Path(args.out) / f"multi_{strategy}_{repeat}.pt", settings.to_dict(), {"params": params})
+    val = concat_graph_sets([sets["val"] for sets in per_ion.values()])
+    return {"split": strategy, "repeat": repeat, "n_train": sum(len(sets["train"]) for sets in per_ion.values()),
+            "val_mae": regression_metrics(val.targets, predict(model, val, settings))["mae"], "train_s": time.perf_counter() - started}
 
 
 def transfer_task(ion: str, strategy: str, repeat: int) -> list[dict]:
@@ -171,14 +170,10 @@ def transfer_task(ion: str, strategy: str, repeat: int) -> list[dict]:
     config = TransferConfig(epochs=args.epochs, patience=args.patience, seed=args.seed)
     keys = dict(ion=ion, split=strategy, repeat=repeat)
     base, _, _ = load_checkpoint(out / "li_base.pt")
-    records = [o.record(**keys) for o in compare_methods(METHODS, base, sets, settings, config)]
     multi_path = out / f"multi_{strategy}_{repeat}.pt"
-    if multi_path.exists():
-        multi, _, _ = load_checkpoint(multi_path)
-        for outcome in compare_methods(list(MULTI_METHODS), multi, sets, settings, config):
-            outcome.method = MULTI_METHODS[outcome.method]
-            records.append(outcome.record(**keys))
-    return records
+    multi = load_checkpoint(multi_path)[0] if multi_path.exists() else None
+    methods = METHODS + (MULTI_METHODS if multi is not None else ())
+    return [o.record(**keys) for o in compare_methods(methods, base, sets, settings, config, multi)]
 
 
 def _run_tasks(pool, tasks: list[tuple], deadline: float, on_result) -> None:
@@ -260,7 +255,7 @@ def print_report(out: Path) -> None:
     if tr.exists():
         records = pd.read_csv(tr)
         repeats = records.groupby(["ion", "split"])["repeat"].nunique()
-        for split, wide in comparison_tables(summarize(records), (*METHODS, *MULTI_METHODS.values()), repeats).items():
+        for split, wide in comparison_tables(summarize(records), (*METHODS, *MULTI_METHODS), repeats).items():
             print(f"\n### test MAE (V), {split} split, mean ± std over repeats\n")
             print(wide.to_markdown())
 

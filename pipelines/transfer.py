@@ -20,10 +20,12 @@ from voltmodels.featurized import dataset_graphs
 from voltmodels.registry import resolve_model_uri
 from voltmodels.tracking import finished_runs
 from voltmodels.training import build_graph_sets
-from voltmodels.transfer import METHODS, MIN_ROWS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, summarize
+from voltmodels.model import CGCNN
+from voltmodels.transfer import METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, summarize, train_multi_ion
 from voltmodels.tuning import profile
 
 SPLITS = ("random", "framework")
+MULTI_BASE = "shared multi-ion CGCNN trained in this run on every ion's training rows"
 BASELINE_METRIC = re.compile(r"^(framework_)?(svr|krr|rfr)_test_mae_(mean|std)$")
 
 
@@ -41,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="both", choices=["random", "framework", "both"])
     p.add_argument("--seed", type=as_int, default=0)
     p.add_argument("--register", default="true", choices=["true", "false"])
+    p.add_argument("--multi-ion", default="false", choices=["true", "false"],
+                   help="also train a shared multi-ion CGCNN per split and compare it as is and fine-tuned (costly on CPU)")
     return p.parse_args(argv)
 
 
@@ -77,7 +81,16 @@ def baseline_rows(ion: str, digest: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["ion", "split", "method", "mae_mean", "mae_std"])
 
 
-def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
+def shared_multi_ion_model(dataset, base: CGCNN, settings, config: TransferConfig, strategy: str, repeat: int, cache: dict) -> CGCNN:
+    """The shared multi-ion model of one split, trained once per run and reused for every ion."""
+    if (strategy, repeat) not in cache:
+        graphs, _ = dataset_graphs(dataset, None, settings, progress=False)
+        per_ion = {ion: build_graph_sets(dataset.split(ion, strategy, repeat), graphs) for ion in dataset.ions if len(dataset.rows(ion)) >= MIN_ROWS}
+        cache[(strategy, repeat)] = train_multi_ion(base.config, per_ion, settings, config.multi_train_config())
+    return cache[(strategy, repeat)]
+
+
+def transfer_ion(ion, dataset, base, settings, args, prof, multi_cache: dict) -> dict:
     rows_all = dataset.rows(ion)
     if len(rows_all) < MIN_ROWS:
         raise VoltmodelsError(f"Working ion {ion} has only {len(rows_all)} electrodes in dataset {dataset.digest}; transfer needs at least {MIN_ROWS}.")
@@ -97,7 +110,8 @@ def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
             if min(len(sets["train"]), len(sets["val"]), len(sets["test"])) < 2:
                 raise VoltmodelsError(f"Working ion {ion} has too few electrodes for a {strategy} train/val/test split ({len(rows_all)} rows).")
             pairs = {}
-            for outcome in compare_methods(methods, base, sets, settings, config):
+            multi = shared_multi_ion_model(dataset, base, settings, config, strategy, repeat, multi_cache) if args.multi_ion == "true" else None
+            for outcome in compare_methods(methods + list(MULTI_METHODS if multi is not None else ()), base, sets, settings, config, multi):
                 records.append(outcome.record(ion=ion, split=strategy, repeat=repeat))
                 mlflow.log_metric(f"{prefix}{outcome.method}_test_mae", outcome.test_metrics["mae"], step=repeat)
                 pairs[outcome.method] = (sets["test"].targets, outcome.test_pred)
@@ -125,7 +139,7 @@ def transfer_ion(ion, dataset, base, settings, args, prof) -> dict:
                 model, ion, sets, settings, dataset, rows, method=method, metric_prefix=f"{method}_final_",
                 selection_val_mae=float(summary.query("split == 'random' and method == @method")["val_mae_mean"].iloc[0]),
                 tags={
-                    "base_model": args.base_model if method != "scratch" else "none",
+                    "base_model": {"scratch": "none", "multi_direct": MULTI_BASE, "multi_finetune": MULTI_BASE}.get(method, args.base_model),
                     "mode": method,
                     "frozen_layers": "embedding,convs" if method == "freeze" else "none",
                     "val_mae_selection": f"mean over {n_repeats} random splits",
@@ -145,15 +159,15 @@ def main(argv=None) -> str:
         ions = [i for i in dataset.ions if i != "Li"] if args.ion == "all" else [args.ion]
         if args.ion != "all" and args.ion not in dataset.ions:
             raise VoltmodelsError(f"Unknown working ion {args.ion!r}; dataset {dataset.digest} has {', '.join(dataset.ions)}.")
-        summaries = []
+        summaries, multi_cache = [], {}
         for ion in ions:
             if len(ions) == 1:
-                result = transfer_ion(ion, dataset, base, settings, args, prof)
+                result = transfer_ion(ion, dataset, base, settings, args, prof, multi_cache)
             else:
                 with mlflow.start_run(run_name=f"transfer-{ion}", nested=True):
                     mlflow.set_tag(STEP_TAG, "transfer_ion")
                     try:
-                        result = transfer_ion(ion, dataset, base, settings, args, prof)
+                        result = transfer_ion(ion, dataset, base, settings, args, prof, multi_cache)
                     except VoltmodelsError as exc:  # one ion too small to split must not stop the others
                         mlflow.set_tag("skipped", str(exc))
                         print(f"skipping {ion}: {exc}", file=sys.stderr)

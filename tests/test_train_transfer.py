@@ -97,3 +97,14 @@ def test_transfer_refuses_an_ion_with_too_few_electrodes(tmp_path):
     dataset = CuratedDataset(tmp_path / "dataset")
     with pytest.raises(VoltmodelsError, match="Working ion Mg has only 12 electrodes"):
         transfer_ion("Mg", dataset, None, None, parse_args(["--ion", "Mg"]), profile("quick"))
+
+
+def test_transfer_with_the_shared_multi_ion_model(li_champion):
+    """-P multi_ion=true: one shared model per split, compared as is and fine-tuned, and registered."""
+    run_entry_point("pipelines.transfer", "--ion", "Al", "--profile", "quick", "--n-repeats", "1", "--epochs", "2", "--split", "random", "--multi-ion", "true")
+    run = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`voltmodels.step` = 'transfer' and tags.ion = 'Al'", output_format="list")[0]
+    for method in ("li_direct", "scratch", "freeze", "finetune", "multi_direct", "multi_finetune"):
+        assert f"{method}_test_mae_mean" in run.data.metrics
+    versions = MlflowClient().search_model_versions("name = 'voltage-cgcnn-Al'")
+    multi = [v for v in versions if v.tags["mode"] in ("multi_direct", "multi_finetune")]
+    assert len(multi) == 2 and all("multi-ion" in v.tags["base_model"] for v in multi)

@@ -90,7 +90,8 @@ def shared_multi_ion_model(dataset, base: CGCNN, settings, config: TransferConfi
     return cache[(strategy, repeat)]
 
 
-def transfer_ion(ion, dataset, base, settings, args, prof, multi_cache: dict) -> dict:
+def transfer_ion(ion, dataset, base, settings, args, prof, multi_cache: dict | None = None) -> dict:
+    multi_cache = {} if multi_cache is None else multi_cache  # shared multi-ion models, per (split, repeat)
     rows_all = dataset.rows(ion)
     if len(rows_all) < MIN_ROWS:
         raise VoltmodelsError(f"Working ion {ion} has only {len(rows_all)} electrodes in dataset {dataset.digest}; transfer needs at least {MIN_ROWS}.")

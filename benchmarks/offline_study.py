@@ -20,6 +20,11 @@ Every result is appended to a CSV in --out when it is ready, so a run cut short 
     VOLTMODELS_DEVICE=cuda python benchmarks/offline_study.py --dataset DATASET_DIR \\
         --features features.parquet --out results --workers 12 --search-seconds 240
 
+What to copy to the GPU box: the dataset folder (`load_dataset("latest").folder`), the graph cache
+(`$VOLTMODELS_CACHE/graphs`, point VOLTMODELS_CACHE at its parent there), and for the RF column
+`voltmodels.baselines.dataset_features(dataset).to_parquet("features.parquet")`; pymatgen-core,
+monty, orjson, ruamel.yaml, optuna and colorlog as wheels if the box lacks them.
+
 Bring the search home with `python benchmarks/offline_study.py --enqueue-best results` (adds the
 best parameters as the next trial of the project's Li study; `train_li` then trains, logs and
 registers it). Print the tables with `--report results`.

@@ -52,8 +52,10 @@ from voltmodels.featurized import dataset_graphs  # noqa: E402
 from voltmodels.graphs.featurize import GraphSettings  # noqa: E402
 from voltmodels.model import CGCNN, load_checkpoint, save_checkpoint  # noqa: E402
 from voltmodels.training import GraphSet, Pruned, build_graph_sets, concat_graph_sets, predict, regression_metrics, train  # noqa: E402
-from voltmodels.transfer import METHODS, MIN_ROWS, MULTI_METHODS, TransferConfig, compare_methods, comparison_tables, summarize, train_multi_ion  # noqa: E402
-from voltmodels.tuning import DEFAULT_PARAMS, configs_from_params, create_study, optimize_capped, suggest  # noqa: E402
+from voltmodels.transfer import (  # noqa: E402
+    METHODS, MULTI_METHODS, TransferConfig, compare_methods, comparison_tables, split_sets_per_ion, summarize, train_multi_ion,
+)
+from voltmodels.tuning import DEFAULT_PARAMS, configs_from_params, create_study, optimize_capped, report_epoch, suggest  # noqa: E402
 
 STUDY = "li-offline"
 SPLITS = ("random", "framework")
@@ -95,12 +97,8 @@ def search_worker(index: int, n_trials: int, deadline: float) -> int:
         params = suggest(trial)
         model_config, train_config = configs_from_params(params, args.epochs, args.patience, args.seed, settings.n_edge_features)
 
-        def on_epoch(epoch: int, metrics: dict) -> None:
-            trial.report(metrics["val_mae"], epoch)
-            if trial.should_prune():
-                raise Pruned()
-
         try:
+            on_epoch = lambda epoch, metrics: report_epoch(trial, epoch, metrics["val_mae"])  # noqa: E731
             result = train(CGCNN(model_config), sets["train"], sets["val"], settings, train_config, on_epoch=on_epoch, progress=False)
         except Pruned:
             import optuna
@@ -156,7 +154,7 @@ def li_task(strategy: str, seed: int, params: dict) -> dict:
 def multi_task(strategy: str, repeat: int, params: dict) -> dict:
     """A shared CGCNN on every ion's training rows of this split; saved for the transfer phase."""
     args, settings, dataset = _STATE["args"], _STATE["settings"], _STATE["dataset"]
-    per_ion = {ion: _sets(ion, strategy, repeat) for ion in dataset.ions if len(dataset.rows(ion)) >= MIN_ROWS}
+    per_ion = split_sets_per_ion(dataset, _STATE["graphs"], strategy, repeat)
     model_config, train_config = configs_from_params(params, args.epochs, args.patience, args.seed + repeat, settings.n_edge_features)
     started = time.perf_counter()
     model = train_multi_ion(model_config, per_ion, settings, train_config)

@@ -23,7 +23,7 @@ from voltmodels.featurized import dataset_graphs
 from voltmodels.graphs.featurize import GraphSettings
 from voltmodels.model import CGCNN, load_checkpoint, save_checkpoint
 from voltmodels.training import Pruned, build_graph_sets, train
-from voltmodels.tuning import configs_from_params, create_study, optimize_capped, profile, suggest
+from voltmodels.tuning import configs_from_params, create_study, optimize_capped, profile, report_epoch, suggest
 
 ION = "Li"
 
@@ -59,9 +59,7 @@ def make_objective(sets, settings: GraphSettings, epochs: int, patience: int, se
 
             def on_epoch(epoch: int, metrics: dict) -> None:
                 mlflow.log_metrics(metrics, step=epoch)
-                trial.report(metrics["val_mae"], epoch)
-                if trial.should_prune():
-                    raise Pruned()
+                report_epoch(trial, epoch, metrics["val_mae"])
 
             started = time.perf_counter()
             try:

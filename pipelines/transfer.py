@@ -18,10 +18,12 @@ from voltmodels.config import VoltmodelsError, set_torch_threads
 from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
 from voltmodels.registry import resolve_model_uri
+from voltmodels.model import CGCNN
 from voltmodels.tracking import finished_runs
 from voltmodels.training import build_graph_sets
-from voltmodels.model import CGCNN
-from voltmodels.transfer import METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, summarize, train_multi_ion
+from voltmodels.transfer import (
+    METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, split_sets_per_ion, summarize, train_multi_ion,
+)
 from voltmodels.tuning import profile
 
 SPLITS = ("random", "framework")
@@ -83,15 +85,16 @@ def baseline_rows(ion: str, digest: str) -> pd.DataFrame:
 
 def shared_multi_ion_model(dataset, base: CGCNN, settings, config: TransferConfig, strategy: str, repeat: int, cache: dict) -> CGCNN:
     """The shared multi-ion model of one split, trained once per run and reused for every ion."""
+    if "graphs" not in cache:
+        cache["graphs"], _ = dataset_graphs(dataset, None, settings, progress=False)  # every ion's, once per run
     if (strategy, repeat) not in cache:
-        graphs, _ = dataset_graphs(dataset, None, settings, progress=False)
-        per_ion = {ion: build_graph_sets(dataset.split(ion, strategy, repeat), graphs) for ion in dataset.ions if len(dataset.rows(ion)) >= MIN_ROWS}
+        per_ion = split_sets_per_ion(dataset, cache["graphs"], strategy, repeat)
         cache[(strategy, repeat)] = train_multi_ion(base.config, per_ion, settings, config.multi_train_config())
     return cache[(strategy, repeat)]
 
 
 def transfer_ion(ion, dataset, base, settings, args, prof, multi_cache: dict | None = None) -> dict:
-    multi_cache = {} if multi_cache is None else multi_cache  # shared multi-ion models, per (split, repeat)
+    multi_cache = {} if multi_cache is None else multi_cache  # shared multi-ion models per (split, repeat), and all graphs
     rows_all = dataset.rows(ion)
     if len(rows_all) < MIN_ROWS:
         raise VoltmodelsError(f"Working ion {ion} has only {len(rows_all)} electrodes in dataset {dataset.digest}; transfer needs at least {MIN_ROWS}.")

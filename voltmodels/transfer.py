@@ -25,7 +25,7 @@ import pandas as pd
 
 from voltmodels.graphs.featurize import GraphSettings
 from voltmodels.model import CGCNN, CGCNNConfig
-from voltmodels.training import GraphSet, TrainConfig, TrainResult, concat_graph_sets, predict, regression_metrics, train
+from voltmodels.training import GraphSet, TrainConfig, TrainResult, build_graph_sets, concat_graph_sets, predict, regression_metrics, train
 
 METHODS = ("li_direct", "scratch", "freeze", "finetune")
 MULTI_METHODS = ("multi_direct", "multi_finetune")  # need a shared multi-ion model of the split
@@ -101,6 +101,11 @@ class MethodOutcome:
 
     def record(self, **keys) -> dict:
         return {**keys, "method": self.method, "val_mae": self.val_mae, **{f"test_{k}": v for k, v in self.test_metrics.items()}, "seconds": self.seconds}
+
+
+def split_sets_per_ion(dataset, graphs: dict, strategy: str, repeat: int) -> dict[str, dict[str, GraphSet]]:
+    """Every ion's train/val/test GraphSets of one seeded split (ions with at least MIN_ROWS rows)."""
+    return {ion: build_graph_sets(dataset.split(ion, strategy, repeat), graphs) for ion in dataset.ions if len(dataset.rows(ion)) >= MIN_ROWS}
 
 
 def train_multi_ion(config: CGCNNConfig, per_ion_sets: dict[str, dict[str, GraphSet]], settings: GraphSettings, train_config: TrainConfig) -> CGCNN:

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from voltmodels.config import VoltmodelsError
 from voltmodels.model import CGCNNConfig
-from voltmodels.training import TrainConfig
+from voltmodels.training import Pruned, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,13 @@ def suggest(trial: optuna.Trial) -> dict:
         "h_fea_len": trial.suggest_categorical("h_fea_len", [64, 128, 256]),
         "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
     }
+
+
+def report_epoch(trial: optuna.Trial, epoch: int, val_mae: float) -> None:
+    """Report a trial's epoch to Optuna; raise `Pruned` when the pruner stops it."""
+    trial.report(val_mae, epoch)
+    if trial.should_prune():
+        raise Pruned()
 
 
 def configs_from_params(params: dict, epochs: int, patience: int, seed: int, edge_fea_len: int) -> tuple[CGCNNConfig, TrainConfig]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -175,8 +176,16 @@ def transfer_task(ion: str, strategy: str, repeat: int) -> list[dict]:
     base, _, _ = load_checkpoint(out / "li_base.pt")
     multi_path = out / f"multi_{strategy}_{repeat}.pt"
     multi = load_checkpoint(multi_path)[0] if multi_path.exists() else None
-    methods = METHODS + (MULTI_METHODS if multi is not None else ())
+    methods = [m for m in METHODS + (MULTI_METHODS if multi is not None else ()) if not args.methods or m in args.methods]
     return [o.record(**keys) for o in compare_methods(methods, base, sets, settings, config, multi)]
+
+
+def _stop_workers(pool) -> None:
+    """Running tasks cannot be cancelled: end the worker processes, or they outlive the study."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
 
 
 def _run_tasks(pool, tasks: list[tuple], deadline: float, on_result) -> None:
@@ -187,11 +196,7 @@ def _run_tasks(pool, tasks: list[tuple], deadline: float, on_result) -> None:
         done, pending = wait(pending, timeout=max(0.0, deadline - time.time()), return_when=FIRST_COMPLETED)
         if not done:
             print(f"deadline: {len(pending)} tasks left unfinished", flush=True)
-            # Running tasks cannot be cancelled: end the workers, or leaving the pool would wait for them.
-            processes = list(getattr(pool, "_processes", {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for process in processes:
-                process.terminate()
+            _stop_workers(pool)
             raise TimeoutError("deadline reached")
         for future in done:
             name, fn_args = futures[future]
@@ -232,16 +237,21 @@ def run(args: argparse.Namespace) -> None:
 
         splits = [s for s in args.splits.split(",") if s]
         li_tasks = [(li_task, s, seed, params) for s in SPLITS for seed in range(args.li_seeds)] if "li" in args.phases else []
-        multi_tasks = [(multi_task, s, r, params) for s in splits for r in range(args.n_repeats)] if "multi" in args.phases else []
+        # A multi-ion model already saved in --out is reused: a stopped study resumes where it was.
+        multi_pending = {(s, r) for s in splits for r in range(args.n_repeats) if not (out / f"multi_{s}_{r}.pt").exists()} if "multi" in args.phases else set()
+        multi_tasks = [(multi_task, s, r, params) for s, r in sorted(multi_pending)]
         transfer_tasks = [(transfer_task, ion, s, r) for s in splits for r in range(args.n_repeats) for ion in ions] if "transfer" in args.phases else []
-        # Transfer needs the Li base (random split, seed 0) and the multi-ion models: those first,
-        # with the other Li seeds filling the remaining workers.
-        _run_tasks(pool, li_tasks + multi_tasks, deadline, record)
-        _run_tasks(pool, transfer_tasks, deadline, record)
+        # Transfer needs the Li base (random split, seed 0) and its split's multi-ion model: tasks
+        # whose inputs are ready fill the workers beside the Li and multi-ion trainings.
+        waiting = [t for t in transfer_tasks if "li" in args.phases or (t[2], t[3]) in multi_pending]
+        _run_tasks(pool, li_tasks + multi_tasks + [t for t in transfer_tasks if t not in waiting], deadline, record)
+        _run_tasks(pool, waiting, deadline, record)
         pool.shutdown()
         print(f"{stamp()} done", flush=True)
     except TimeoutError:
         print(f"{stamp()} stopped at the deadline; the CSV files hold what finished", flush=True)
+    finally:
+        _stop_workers(pool)  # also on Ctrl-C or kill (SIGTERM, below): no orphaned worker keeps training
 
 
 def print_report(out: Path) -> None:
@@ -286,6 +296,7 @@ def main() -> None:
     p.add_argument("--n-repeats", type=int, default=5)
     p.add_argument("--ions", default="Mg,Ca,Zn,Al,Na,K,Y,Rb,Cs")
     p.add_argument("--phases", default="search,li,multi,transfer", help="which phases to run; transfer without li needs li_base.pt in --out")
+    p.add_argument("--methods", default="", help="comma list of transfer methods to run (default: all; multi_* need the multi phase)")
     p.add_argument("--splits", default="random,framework", help="split strategies of the multi and transfer phases")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", default="", help="print the tables of a finished --out folder and stop")
@@ -294,6 +305,9 @@ def main() -> None:
     p.add_argument("--storage", default="", help="with --enqueue-best (default: the project's optuna.db)")
     args = p.parse_args()
     args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    args.methods = {m.strip() for m in args.methods.split(",") if m.strip()}
+    if args.methods - set(METHODS + MULTI_METHODS):
+        p.error(f"unknown methods {sorted(args.methods - set(METHODS + MULTI_METHODS))}; use {', '.join(METHODS + MULTI_METHODS)}")
     if args.report:
         print_report(Path(args.report))
     elif args.enqueue_best:
@@ -301,6 +315,7 @@ def main() -> None:
 
         enqueue_best(Path(args.enqueue_best), args.study_name, args.storage or f"sqlite:///{cache_dir() / 'optuna.db'}")
     else:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         run(args)
         print_report(Path(args.out))
 

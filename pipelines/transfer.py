@@ -33,7 +33,7 @@ BASELINE_METRIC = re.compile(r"^(framework_)?(svr|krr|rfr)_test_mae_(mean|std)$"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--ion", required=True, help="working ion, or 'all' for every non-Li ion of the dataset")
+    p.add_argument("--ion", required=True, help="working ion, a comma list (Mg,Ca), or 'all' for every non-Li ion of the dataset")
     p.add_argument("--base-model", default="models:/voltage-cgcnn-Li@champion")
     p.add_argument("--mode", default="both", choices=["freeze", "finetune", "both"])
     p.add_argument("--dataset", default="latest")
@@ -160,9 +160,10 @@ def main(argv=None) -> str:
     with step_run("transfer", vars(args)) as parent:
         dataset = load_dataset(args.dataset)
         base, settings = load_base(args.base_model)
-        ions = [i for i in dataset.ions if i != "Li"] if args.ion == "all" else [args.ion]
-        if args.ion != "all" and args.ion not in dataset.ions:
-            raise VoltmodelsError(f"Unknown working ion {args.ion!r}; dataset {dataset.digest} has {', '.join(dataset.ions)}.")
+        ions = [i for i in dataset.ions if i != "Li"] if args.ion == "all" else [i.strip() for i in args.ion.split(",") if i.strip()]
+        for ion in ions:
+            if ion not in dataset.ions:
+                raise VoltmodelsError(f"Unknown working ion {ion!r}; dataset {dataset.digest} has {', '.join(dataset.ions)}.")
         summaries, multi_cache = [], {}
         for ion in ions:
             if len(ions) == 1:

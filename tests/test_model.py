@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,31 @@ def test_training_learns_and_keeps_the_best_epoch():
     assert after < 0.5 * before
     assert after == pytest.approx(result.best_val_mae, rel=1e-4)
     assert result.history[result.best_epoch]["val_mae"] == pytest.approx(result.best_val_mae)
+
+
+def test_fine_tuning_never_returns_worse_than_its_start_on_validation():
+    train_set, val_set = toy_set(48, seed=1), toy_set(12, seed=2)
+    fitted = train(small_model(), train_set, val_set, SETTINGS, TrainConfig(epochs=20, learning_rate=5e-3, batch_size=16, patience=20), progress=False).model
+    start = np.abs(predict(fitted, val_set, SETTINGS) - val_set.targets).mean()
+    # A learning rate of 10 wrecks the weights in one step: the starting weights must come back.
+    wrecked = train(copy.deepcopy(fitted), train_set, val_set, SETTINGS, TrainConfig(epochs=3, learning_rate=10.0, batch_size=16, patience=3), progress=False, fit_scaler=False)
+    assert wrecked.best_epoch == -1
+    assert wrecked.best_val_mae == pytest.approx(start, rel=1e-5)
+    np.testing.assert_allclose(predict(wrecked.model, val_set, SETTINGS), predict(fitted, val_set, SETTINGS), rtol=1e-5)
+
+
+def test_multi_ion_fine_tuning_keeps_the_shared_models_voltage_scale():
+    from voltmodels.transfer import TransferConfig, fit_method
+
+    shared = train(small_model(), toy_set(48, seed=1), toy_set(12, seed=2), SETTINGS, TrainConfig(epochs=3, batch_size=16), progress=False).model
+    ion = {part: toy_set(n, seed=s) for part, n, s in (("train", 24, 5), ("val", 8, 6), ("test", 8, 7))}
+    for part in ion.values():
+        part.targets += 1.5  # another ion's voltage range
+    config = TransferConfig(epochs=2, patience=2)
+    from_shared, _ = fit_method("multi_finetune", small_model(), ion, SETTINGS, config, shared)
+    assert float(from_shared.target_mean) == pytest.approx(float(shared.target_mean))
+    from_li, _ = fit_method("finetune", shared, ion, SETTINGS, config)  # a Li base is re-standardized to the ion
+    assert float(from_li.target_mean) == pytest.approx(float(ion["train"].targets.mean()), rel=1e-5)
 
 
 def test_freezing_trains_only_the_hidden_and_output_layers():

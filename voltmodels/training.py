@@ -155,6 +155,9 @@ def train(
 
         def validation_predictions() -> np.ndarray:
             return predict(model, val_set, settings)
+    # The starting weights are a candidate too (epoch -1): fine-tuning a model that already fits
+    # the task then never returns something worse on validation than what it started from.
+    best.best_val_mae = float(np.mean(np.abs(validation_predictions() - val_set.targets)))
     bar = tqdm(range(config.epochs), desc="epochs", disable=not progress, leave=False)
     for epoch in bar:
         started = time.perf_counter()

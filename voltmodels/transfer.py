@@ -61,6 +61,9 @@ def fit_method(
     method: str, base: CGCNN, sets: dict[str, GraphSet], settings: GraphSettings, config: TransferConfig, multi_base: CGCNN | None = None
 ) -> tuple[CGCNN, TrainResult | None]:
     """The model of one method for one split (li_direct / multi_direct: the base model, untouched)."""
+    # Re-standardizing the targets to the ion's mean and std recalibrates a Li model's output to the
+    # ion's voltage range; the multi-ion model already predicts this ion in volts, so it keeps its scaler.
+    fit_scaler = method not in MULTI_METHODS
     if method in MULTI_METHODS:
         if multi_base is None:
             raise ValueError(f"method {method} needs the shared multi-ion model of the split")
@@ -84,7 +87,7 @@ def fit_method(
         seed=config.seed,
         trainable=trainable,
     )
-    result = train(model, sets["train"], sets["val"], settings, train_config, progress=False)
+    result = train(model, sets["train"], sets["val"], settings, train_config, progress=False, fit_scaler=fit_scaler)
     return result.model, result
 
 

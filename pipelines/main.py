@@ -27,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--snapshot", default="")
     p.add_argument("--seed", default="0")
     p.add_argument("--interpret-ions", default="Li,Mg,Zn,Al")
+    p.add_argument("--multi-ion", default="true", choices=["true", "false"], help="transfer also compares the shared multi-ion model")
     return p.parse_args(argv)
 
 
@@ -81,7 +82,7 @@ def main(argv=None) -> None:
         steps = {"curate": curate}
         steps["train_li"] = get_or_run("train_li", common, version)
         steps["baselines"] = get_or_run("baselines", {**common, "ion": "all"}, version)
-        steps["transfer"] = get_or_run("transfer", {**common, "ion": "all"}, version)
+        steps["transfer"] = get_or_run("transfer", {**common, "ion": "all", "multi_ion": args.multi_ion}, version)
         if "interpret" in _entry_points():
             for ion in [i.strip() for i in args.interpret_ions.split(",") if i.strip()]:
                 steps[f"interpret_{ion}"] = get_or_run("interpret", {"ion": ion, "dataset": curate}, version)

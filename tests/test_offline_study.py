@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -55,6 +56,15 @@ def test_offline_study_runs_every_phase_and_hands_its_best_params_to_the_project
     assert set(transfer["method"]) == {*METHODS, "multi_direct", "multi_finetune"}
     assert "test MAE (V), random split" in proc.stdout
 
+    # A second run on the same folder reuses the saved multi-ion model and runs only the methods asked for.
+    rerun = subprocess.run(cmd[:cmd.index("--n-trials")] + ["--n-trials", "0", "--phases", "multi,transfer", "--methods", "multi_direct", "--n-repeats", "1",
+                                                              "--ions", "Mg", "--splits", "random", "--epochs", "1", "--patience", "1"],
+                           cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert len(pd.read_csv(out / "multi_models.csv")) == 1
+    again = pd.read_csv(out / "transfer.csv")
+    assert len(again) == len(transfer) + 1 and again["method"].iloc[-1] == "multi_direct"
+
     # One trial searched: its best are the defaults, which a fresh project study enqueues anyway.
     found = {**json.loads((out / "best_params.json").read_text()), "n_conv": 4, "learning_rate": 1e-3}
     (out / "best_params.json").write_text(json.dumps(found))
@@ -62,3 +72,31 @@ def test_offline_study_runs_every_phase_and_hands_its_best_params_to_the_project
     subprocess.run([sys.executable, "benchmarks/offline_study.py", "--enqueue-best", str(out), "--study-name", "li", "--storage", storage], cwd=REPO, check=True, capture_output=True)
     waiting = [t for t in optuna.load_study(study_name="li", storage=storage).trials if t.state == optuna.trial.TrialState.WAITING]
     assert found in [t.system_attrs.get("fixed_params") for t in waiting]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state  # a zombie has stopped running
+
+
+def test_killing_the_offline_study_ends_its_workers(li_champion, tmp_path):
+    from voltmodels.data.dataset import load_dataset
+
+    cmd = [sys.executable, "benchmarks/offline_study.py", "--dataset", str(load_dataset("latest").folder), "--out", str(tmp_path / "study"), "--workers", "1",
+           "--n-trials", "0", "--phases", "li", "--li-seeds", "1", "--epochs", "1000", "--patience", "1000"]
+    study = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        workers, deadline = [], time.time() + 120
+        while not workers and time.time() < deadline:
+            time.sleep(1)
+            workers = [int(p) for p in Path(f"/proc/{study.pid}/task/{study.pid}/children").read_text().split()]
+        assert workers, "the study started no worker process"
+        study.terminate()
+        study.wait(timeout=60)
+        time.sleep(2)
+        assert not [pid for pid in workers if _alive(pid)], "worker processes outlived the killed study"
+    finally:
+        study.kill()

@@ -165,7 +165,7 @@ def multi_task(strategy: str, repeat: int, params: dict) -> dict:
             "val_mae": regression_metrics(val.targets, predict(model, val, settings))["mae"], "train_s": time.perf_counter() - started}
 
 
-def transfer_task(ion: str, strategy: str, repeat: int) -> list[dict]:
+def transfer_task(ion: str, strategy: str, repeat: int, methods: tuple[str, ...]) -> list[dict]:
     args, settings = _STATE["args"], _STATE["settings"]
     out = Path(args.out)
     sets = _sets(ion, strategy, repeat)
@@ -176,8 +176,17 @@ def transfer_task(ion: str, strategy: str, repeat: int) -> list[dict]:
     base, _, _ = load_checkpoint(out / "li_base.pt")
     multi_path = out / f"multi_{strategy}_{repeat}.pt"
     multi = load_checkpoint(multi_path)[0] if multi_path.exists() else None
-    methods = [m for m in METHODS + (MULTI_METHODS if multi is not None else ()) if not args.methods or m in args.methods]
+    methods = [m for m in methods if multi is not None or m not in MULTI_METHODS]
     return [o.record(**keys) for o in compare_methods(methods, base, sets, settings, config, multi)]
+
+
+def missing_methods(out: Path, methods: tuple[str, ...]):
+    """Per (ion, split, repeat): which of `methods` have no row in transfer.csv yet (a rerun resumes)."""
+    path = out / "transfer.csv"
+    done = set()
+    if path.exists():
+        done = set(pd.read_csv(path)[["ion", "split", "repeat", "method"]].itertuples(index=False, name=None))
+    return lambda ion, strategy, repeat: tuple(m for m in methods if (ion, strategy, repeat, m) not in done)
 
 
 def _stop_workers(pool) -> None:
@@ -237,10 +246,14 @@ def run(args: argparse.Namespace) -> None:
 
         splits = [s for s in args.splits.split(",") if s]
         li_tasks = [(li_task, s, seed, params) for s in SPLITS for seed in range(args.li_seeds)] if "li" in args.phases else []
-        # A multi-ion model already saved in --out is reused: a stopped study resumes where it was.
+        # A multi-ion model already saved in --out, and a method already in transfer.csv, are reused:
+        # a stopped study resumes where it was.
         multi_pending = {(s, r) for s in splits for r in range(args.n_repeats) if not (out / f"multi_{s}_{r}.pt").exists()} if "multi" in args.phases else set()
         multi_tasks = [(multi_task, s, r, params) for s, r in sorted(multi_pending)]
-        transfer_tasks = [(transfer_task, ion, s, r) for s in splits for r in range(args.n_repeats) for ion in ions] if "transfer" in args.phases else []
+        wanted = tuple(m for m in METHODS + MULTI_METHODS if not args.methods or m in args.methods)
+        missing = (lambda ion, strategy, repeat: wanted) if "li" in args.phases else missing_methods(out, wanted)  # a new Li base redoes them all
+        transfer_tasks = [(transfer_task, ion, s, r, missing(ion, s, r)) for s in splits for r in range(args.n_repeats) for ion in ions] if "transfer" in args.phases else []
+        transfer_tasks = [t for t in transfer_tasks if t[-1]]
         # Transfer needs the Li base (random split, seed 0) and its split's multi-ion model: tasks
         # whose inputs are ready fill the workers beside the Li and multi-ion trainings.
         waiting = [t for t in transfer_tasks if "li" in args.phases or (t[2], t[3]) in multi_pending]

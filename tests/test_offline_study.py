@@ -56,14 +56,15 @@ def test_offline_study_runs_every_phase_and_hands_its_best_params_to_the_project
     assert set(transfer["method"]) == {*METHODS, "multi_direct", "multi_finetune"}
     assert "test MAE (V), random split" in proc.stdout
 
-    # A second run on the same folder reuses the saved multi-ion model and runs only the methods asked for.
-    rerun = subprocess.run(cmd[:cmd.index("--n-trials")] + ["--n-trials", "0", "--phases", "multi,transfer", "--methods", "multi_direct", "--n-repeats", "1",
+    # A second run on the same folder with one more repeat resumes: the saved multi-ion model and the
+    # finished methods of repeat 0 are reused; repeat 1 gets its model and only the method asked for.
+    rerun = subprocess.run(cmd[:cmd.index("--n-trials")] + ["--n-trials", "0", "--phases", "multi,transfer", "--methods", "multi_direct", "--n-repeats", "2",
                                                               "--ions", "Mg", "--splits", "random", "--epochs", "1", "--patience", "1"],
                            cwd=REPO, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert len(pd.read_csv(out / "multi_models.csv")) == 1
+    assert list(pd.read_csv(out / "multi_models.csv")["repeat"]) == [0, 1]
     again = pd.read_csv(out / "transfer.csv")
-    assert len(again) == len(transfer) + 1 and again["method"].iloc[-1] == "multi_direct"
+    assert len(again) == len(transfer) + 1 and again.iloc[-1][["repeat", "method"]].tolist() == [1, "multi_direct"]
 
     # One trial searched: its best are the defaults, which a fresh project study enqueues anyway.
     found = {**json.loads((out / "best_params.json").read_text()), "n_conv": 4, "learning_rate": 1e-3}

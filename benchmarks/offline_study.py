@@ -54,7 +54,7 @@ from voltmodels.graphs.featurize import GraphSettings  # noqa: E402
 from voltmodels.model import CGCNN, load_checkpoint, save_checkpoint  # noqa: E402
 from voltmodels.training import GraphSet, Pruned, build_graph_sets, concat_graph_sets, predict, regression_metrics, train  # noqa: E402
 from voltmodels.transfer import (  # noqa: E402
-    METHODS, MULTI_METHODS, TransferConfig, compare_methods, comparison_tables, split_sets_per_ion, summarize, train_multi_ion,
+    METHODS, MULTI_METHODS, TransferConfig, compare_methods, comparison_tables, split_sets_per_ion, summarize, train_multi_ion, with_selected,
 )
 from voltmodels.tuning import DEFAULT_PARAMS, configs_from_params, create_study, optimize_capped, report_epoch, suggest  # noqa: E402
 
@@ -279,9 +279,9 @@ def print_report(out: Path) -> None:
         print("\n" + table.groupby("split").agg(**agg).round(3).to_markdown())
     tr = out / "transfer.csv"
     if tr.exists():
-        records = pd.read_csv(tr)
+        records = with_selected(pd.read_csv(tr))
         repeats = records.groupby(["ion", "split"])["repeat"].nunique()
-        for split, wide in comparison_tables(summarize(records), (*METHODS, *MULTI_METHODS), repeats).items():
+        for split, wide in comparison_tables(summarize(records), (*METHODS, *MULTI_METHODS, "selected"), repeats).items():
             print(f"\n### test MAE (V), {split} split, mean ± std over repeats\n")
             print(wide.to_markdown())
 

@@ -26,7 +26,7 @@ from pipelines.transfer import baseline_rows  # noqa: E402
 from voltmodels.tracking import finished_runs  # noqa: E402
 from voltmodels.transfer import METHODS, MULTI_METHODS, comparison_tables  # noqa: E402
 
-METHOD_ORDER = [*METHODS, *MULTI_METHODS, "svr", "krr", "rfr"]
+METHOD_ORDER = [*METHODS, *MULTI_METHODS, "selected", "svr", "krr", "rfr"]
 
 
 def latest_comparison(ion: str) -> pd.DataFrame | None:

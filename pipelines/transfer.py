@@ -22,7 +22,7 @@ from voltmodels.model import CGCNN
 from voltmodels.tracking import finished_runs
 from voltmodels.training import build_graph_sets
 from voltmodels.transfer import (
-    METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, split_sets_per_ion, summarize, train_multi_ion,
+    METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, split_sets_per_ion, summarize, train_multi_ion, with_selected,
 )
 from voltmodels.tuning import profile
 
@@ -125,7 +125,7 @@ def transfer_ion(ion, dataset, base, settings, args, prof, multi_cache: dict | N
                 fig = plots.parity_plot(pairs, f"{ion} test, {strategy} split")
                 mlflow.log_figure(fig, f"parity_{ion}_{strategy}.png")
                 plots.close(fig)
-    table = pd.DataFrame(records)
+    table = with_selected(pd.DataFrame(records))
     summary = summarize(table)
     for row in summary.itertuples():
         prefix = "" if row.split == "random" else f"{row.split}_"

@@ -108,3 +108,18 @@ def test_transfer_with_the_shared_multi_ion_model(li_champion):
     versions = MlflowClient().search_model_versions("name = 'voltage-cgcnn-Al'")
     multi = [v for v in versions if v.tags["mode"] in ("multi_direct", "multi_finetune")]
     assert len(multi) == 2 and all("multi-ion" in v.tags["base_model"] for v in multi)
+
+
+def test_the_selected_method_is_chosen_on_validation_not_on_test():
+    import pandas as pd
+
+    from voltmodels.transfer import summarize, with_selected
+
+    rows = [  # per repeat: scratch wins on validation, finetune would win on test
+        {"ion": "Mg", "split": "random", "repeat": r, "method": m, "val_mae": v, "test_mae": t, "test_rmse": t, "test_r2": 0.5}
+        for r in (0, 1) for m, v, t in (("li_direct", 0.1, 0.1), ("scratch", 0.2, 0.4), ("finetune", 0.3, 0.3))
+    ]
+    table = with_selected(pd.DataFrame(rows))
+    picked = table[table["method"] == "selected"]
+    assert list(picked["selected_method"]) == ["scratch", "scratch"]  # li_direct is not a registered candidate
+    assert summarize(table).set_index("method").loc["selected", "mae_mean"] == pytest.approx(0.4)

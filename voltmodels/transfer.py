@@ -143,11 +143,22 @@ def comparison_tables(summary: pd.DataFrame, method_order, repeats: pd.Series) -
     tables = {}
     for split, part in summary.groupby("split", sort=False):
         wide = part.pivot_table(index="ion", columns="method", values="cell", aggfunc="first")
-        wide = wide[[m for m in method_order if m in wide.columns]]
+        wide = wide[[m for m in method_order if m in wide.columns]].fillna("–")
         wide = wide.reindex([i for i in dict.fromkeys(part["ion"])])
         wide.insert(0, "repeats", [repeats.get((ion, split)) for ion in wide.index])
         tables[split] = wide
     return tables
+
+
+def with_selected(records: pd.DataFrame, candidates=REGISTERED_METHODS) -> pd.DataFrame:
+    """`records` plus a method "selected" per ion, split and repeat: the candidate with the lowest
+    validation MAE on that split (its name in `selected_method`). Its test MAE is what the champion
+    rule delivers without looking at test rows, unlike the best column picked after the fact."""
+    pool = records[records["method"].isin(candidates)]
+    if pool.empty:
+        return records
+    best = pool.loc[pool.groupby(["ion", "split", "repeat"], sort=False)["val_mae"].idxmin()]
+    return pd.concat([records, best.assign(selected_method=best["method"], method="selected")], ignore_index=True)
 
 
 def summarize(records: pd.DataFrame) -> pd.DataFrame:

@@ -137,9 +137,9 @@ def compare_methods(
 
 
 def comparison_tables(summary: pd.DataFrame, method_order, repeats: pd.Series) -> dict[str, pd.DataFrame]:
-    """Per split, ions × methods of "mean ± std" cells (methods in `method_order`), with a repeats
-    column from `repeats` (indexed by ion and split)."""
-    summary = summary.assign(cell=summary.apply(lambda r: f"{r.mae_mean:.3f} ± {0 if pd.isna(r.mae_std) else r.mae_std:.3f}", axis=1))
+    """Per split, ions × methods of "mean ± std" cells ("mean" alone from one repeat; methods in
+    `method_order`), with a repeats column from `repeats` (indexed by ion and split)."""
+    summary = summary.assign(cell=summary.apply(lambda r: f"{r.mae_mean:.3f}" if pd.isna(r.mae_std) else f"{r.mae_mean:.3f} ± {r.mae_std:.3f}", axis=1))
     tables = {}
     for split, part in summary.groupby("split", sort=False):
         wide = part.pivot_table(index="ion", columns="method", values="cell", aggfunc="first")

@@ -54,7 +54,7 @@ from voltmodels.graphs.featurize import GraphSettings  # noqa: E402
 from voltmodels.model import CGCNN, load_checkpoint, save_checkpoint  # noqa: E402
 from voltmodels.training import GraphSet, Pruned, build_graph_sets, concat_graph_sets, predict, regression_metrics, train  # noqa: E402
 from voltmodels.transfer import (  # noqa: E402
-    METHODS, MULTI_METHODS, TransferConfig, compare_methods, comparison_tables, split_sets_per_ion, summarize, train_multi_ion, with_selected,
+    METHODS, MULTI_METHODS, TransferConfig, compare_methods, comparison_tables, multi_ion_cache_path, shared_multi_ion_model, split_sets_per_ion, summarize, with_selected,
 )
 from voltmodels.tuning import DEFAULT_PARAMS, configs_from_params, create_study, optimize_capped, report_epoch, suggest  # noqa: E402
 
@@ -152,30 +152,43 @@ def li_task(strategy: str, seed: int, params: dict) -> dict:
     return row
 
 
+def multi_config(params: dict) -> TransferConfig:
+    """The transfer settings of this study; the shared multi-ion model uses the Li search's best."""
+    args = _STATE["args"]
+    return TransferConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, lr_multi=float(params["learning_rate"]),
+                          multi_weight_decay=float(params["weight_decay"]), multi_batch_size=int(params["batch_size"]))
+
+
+def multi_path(params: dict, strategy: str, repeat: int) -> Path:
+    """The study's copy of a split's multi-ion model, named by its cache key (see shared_multi_ion_model)."""
+    model_config, _ = configs_from_params(params, 1, 1, 0, _STATE["settings"].n_edge_features)
+    return multi_ion_cache_path(Path(_STATE["args"].out), _STATE["dataset"].digest, strategy, repeat, model_config, multi_config(params).multi_train_config(repeat), _STATE["settings"])
+
+
 def multi_task(strategy: str, repeat: int, params: dict) -> dict:
-    """A shared CGCNN on every ion's training rows of this split; saved for the transfer phase."""
+    """A shared CGCNN on every ion's training rows of this split; saved in --out for the transfer phase
+    (copy it into $VOLTMODELS_CACHE/multi_ion/ and the transfer entry point reuses it)."""
     args, settings, dataset = _STATE["args"], _STATE["settings"], _STATE["dataset"]
-    per_ion = split_sets_per_ion(dataset, _STATE["graphs"], strategy, repeat)
-    model_config, train_config = configs_from_params(params, args.epochs, args.patience, args.seed + repeat, settings.n_edge_features)
+    model_config, _ = configs_from_params(params, args.epochs, args.patience, args.seed, settings.n_edge_features)
     started = time.perf_counter()
-    model = train_multi_ion(model_config, per_ion, settings, train_config)
-    save_checkpoint(model, Path(args.out) / f"multi_{strategy}_{repeat}.pt", settings.to_dict(), {"params": params})
+    model, reused = shared_multi_ion_model(dataset, _STATE["graphs"], model_config, settings, multi_config(params).multi_train_config(repeat), strategy, repeat, Path(args.out))
+    per_ion = split_sets_per_ion(dataset, _STATE["graphs"], strategy, repeat)
     val = concat_graph_sets([sets["val"] for sets in per_ion.values()])
     return {"split": strategy, "repeat": repeat, "n_train": sum(len(sets["train"]) for sets in per_ion.values()),
-            "val_mae": regression_metrics(val.targets, predict(model, val, settings))["mae"], "train_s": time.perf_counter() - started}
+            "val_mae": regression_metrics(val.targets, predict(model, val, settings))["mae"], "train_s": time.perf_counter() - started, "reused": reused}
 
 
-def transfer_task(ion: str, strategy: str, repeat: int, methods: tuple[str, ...]) -> list[dict]:
+def transfer_task(ion: str, strategy: str, repeat: int, methods: tuple[str, ...], params: dict) -> list[dict]:
     args, settings = _STATE["args"], _STATE["settings"]
     out = Path(args.out)
     sets = _sets(ion, strategy, repeat)
     if min(len(s) for s in sets.values()) < 2:
         return []
-    config = TransferConfig(epochs=args.epochs, patience=args.patience, seed=args.seed)
+    config = multi_config(params)
     keys = dict(ion=ion, split=strategy, repeat=repeat)
     base, _, _ = load_checkpoint(out / "li_base.pt")
-    multi_path = out / f"multi_{strategy}_{repeat}.pt"
-    multi = load_checkpoint(multi_path)[0] if multi_path.exists() else None
+    saved = multi_path(params, strategy, repeat)
+    multi = load_checkpoint(saved)[0] if saved.exists() else None
     methods = [m for m in methods if multi is not None or m not in MULTI_METHODS]
     return [o.record(**keys) for o in compare_methods(methods, base, sets, settings, config, multi)]
 
@@ -248,11 +261,12 @@ def run(args: argparse.Namespace) -> None:
         li_tasks = [(li_task, s, seed, params) for s in SPLITS for seed in range(args.li_seeds)] if "li" in args.phases else []
         # A multi-ion model already saved in --out, and a method already in transfer.csv, are reused:
         # a stopped study resumes where it was.
-        multi_pending = {(s, r) for s in splits for r in range(args.n_repeats) if not (out / f"multi_{s}_{r}.pt").exists()} if "multi" in args.phases else set()
+        _STATE.update(args=args, dataset=dataset, settings=GraphSettings())  # for multi_path in this process
+        multi_pending = {(s, r) for s in splits for r in range(args.n_repeats) if not multi_path(params, s, r).exists()} if "multi" in args.phases else set()
         multi_tasks = [(multi_task, s, r, params) for s, r in sorted(multi_pending)]
         wanted = tuple(m for m in METHODS + MULTI_METHODS if not args.methods or m in args.methods)
         missing = (lambda ion, strategy, repeat: wanted) if "li" in args.phases else missing_methods(out, wanted)  # a new Li base redoes them all
-        transfer_tasks = [(transfer_task, ion, s, r, missing(ion, s, r)) for s in splits for r in range(args.n_repeats) for ion in ions] if "transfer" in args.phases else []
+        transfer_tasks = [(transfer_task, ion, s, r, missing(ion, s, r), params) for s in splits for r in range(args.n_repeats) for ion in ions] if "transfer" in args.phases else []
         transfer_tasks = [t for t in transfer_tasks if t[-1]]
         # Transfer needs the Li base (random split, seed 0) and its split's multi-ion model: tasks
         # whose inputs are ready fill the workers beside the Li and multi-ion trainings.

@@ -4,6 +4,7 @@ scratch, fine-tuning and the SVR/KRR/RFR baselines; the best transferred model i
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import sys
 
@@ -14,7 +15,7 @@ import pandas as pd
 from pipelines.common import as_int, STEP_TAG, main_guard, step_run
 from pipelines.evaluation import log_final_model
 from voltmodels import plots
-from voltmodels.config import VoltmodelsError, set_torch_threads
+from voltmodels.config import VoltmodelsError, cache_dir, set_torch_threads
 from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
 from voltmodels.registry import resolve_model_uri
@@ -22,7 +23,7 @@ from voltmodels.model import CGCNN
 from voltmodels.tracking import finished_runs
 from voltmodels.training import build_graph_sets
 from voltmodels.transfer import (
-    METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, split_sets_per_ion, summarize, train_multi_ion, with_selected,
+    METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, shared_multi_ion_model, summarize, with_selected,
 )
 from voltmodels.tuning import profile
 
@@ -83,13 +84,30 @@ def baseline_rows(ion: str, digest: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["ion", "split", "method", "mae_mean", "mae_std"])
 
 
-def shared_multi_ion_model(dataset, base: CGCNN, settings, config: TransferConfig, strategy: str, repeat: int, cache: dict) -> CGCNN:
-    """The shared multi-ion model of one split, trained once per run and reused for every ion."""
+def multi_ion_hyperparameters(base_uri: str) -> dict:
+    """The base model's tuned learning rate, weight decay and batch size (its `trial_params` version
+    tag), for the shared multi-ion model; {} when the base is not a tuned registered version."""
+    if not base_uri.startswith("models:/"):
+        return {}
+    name, _, ref = base_uri[len("models:/"):].partition("@")
+    try:
+        client = mlflow.MlflowClient()
+        version = client.get_model_version_by_alias(name, ref) if ref else client.get_model_version(*name.split("/", 1))
+        params = ast.literal_eval(version.tags.get("trial_params", "{}"))
+    except Exception:  # a LoggedModel id, a version without the tag: the defaults apply
+        return {}
+    keys = {"learning_rate": "lr_multi", "weight_decay": "multi_weight_decay", "batch_size": "multi_batch_size"}
+    return {field: type(getattr(TransferConfig, field))(params[key]) for key, field in keys.items() if key in params}
+
+
+def multi_ion_model(dataset, base: CGCNN, settings, config: TransferConfig, strategy: str, repeat: int, cache: dict) -> CGCNN:
+    """The shared multi-ion model of one split: trained once per run (and kept on disk for later runs)."""
     if "graphs" not in cache:
         cache["graphs"], _ = dataset_graphs(dataset, None, settings, progress=False)  # every ion's, once per run
     if (strategy, repeat) not in cache:
-        per_ion = split_sets_per_ion(dataset, cache["graphs"], strategy, repeat)
-        cache[(strategy, repeat)] = train_multi_ion(base.config, per_ion, settings, config.multi_train_config())
+        model, reused = shared_multi_ion_model(dataset, cache["graphs"], base.config, settings, config.multi_train_config(repeat), strategy, repeat, cache_dir() / "multi_ion")
+        mlflow.set_tag(f"multi_ion_model_{strategy}_{repeat}", "reused from the cache" if reused else "trained")
+        cache[(strategy, repeat)] = model
     return cache[(strategy, repeat)]
 
 
@@ -100,7 +118,10 @@ def transfer_ion(ion, dataset, base, settings, args, prof, multi_cache: dict | N
         raise VoltmodelsError(f"Working ion {ion} has only {len(rows_all)} electrodes in dataset {dataset.digest}; transfer needs at least {MIN_ROWS}.")
     graphs, errors = dataset_graphs(dataset, ion, settings, progress=False)
     methods = [m for m in METHODS if args.mode == "both" or m not in TRANSFER_MODES or m == args.mode]
-    config = TransferConfig(epochs=args.epochs or prof.transfer_epochs, patience=prof.patience, lr_freeze=args.lr_freeze, lr_finetune=args.lr_finetune, seed=args.seed)
+    config = TransferConfig(
+        epochs=args.epochs or prof.transfer_epochs, patience=prof.patience, lr_freeze=args.lr_freeze, lr_finetune=args.lr_finetune, seed=args.seed,
+        **multi_ion_hyperparameters(args.base_model),
+    )
     n_repeats = args.n_repeats or prof.n_repeats
     splits = SPLITS if args.split == "both" else (args.split,)
     mlflow.set_tags({"ion": ion, "dataset_digest": dataset.digest, "base_model": args.base_model, "mode": args.mode})
@@ -114,7 +135,7 @@ def transfer_ion(ion, dataset, base, settings, args, prof, multi_cache: dict | N
             if min(len(sets["train"]), len(sets["val"]), len(sets["test"])) < 2:
                 raise VoltmodelsError(f"Working ion {ion} has too few electrodes for a {strategy} train/val/test split ({len(rows_all)} rows).")
             pairs = {}
-            multi = shared_multi_ion_model(dataset, base, settings, config, strategy, repeat, multi_cache) if args.multi_ion == "true" else None
+            multi = multi_ion_model(dataset, base, settings, config, strategy, repeat, multi_cache) if args.multi_ion == "true" else None
             for outcome in compare_methods(methods + list(MULTI_METHODS if multi is not None else ()), base, sets, settings, config, multi):
                 records.append(outcome.record(ion=ion, split=strategy, repeat=repeat))
                 mlflow.log_metric(f"{prefix}{outcome.method}_test_mae", outcome.test_metrics["mae"], step=repeat)

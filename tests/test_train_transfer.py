@@ -7,6 +7,7 @@ import sys
 
 import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, run_entry_point
@@ -108,6 +109,38 @@ def test_transfer_with_the_shared_multi_ion_model(li_champion):
     versions = MlflowClient().search_model_versions("name = 'voltage-cgcnn-Al'")
     multi = [v for v in versions if v.tags["mode"] in ("multi_direct", "multi_finetune")]
     assert len(multi) == 2 and all("multi-ion" in v.tags["base_model"] for v in multi)
+    # Another ion in a later run: the shared model of the split comes from the disk cache.
+    run_entry_point("pipelines.transfer", "--ion", "Rb", "--profile", "quick", "--n-repeats", "1", "--epochs", "2", "--split", "random", "--multi-ion", "true",
+                    "--register", "false")
+    later = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`voltmodels.step` = 'transfer' and tags.ion = 'Rb'", output_format="list")[0]
+    assert later.data.tags["multi_ion_model_random_0"] == "reused from the cache"
+    assert later.data.metrics["multi_direct_test_mae_mean"] > 0
+
+
+def test_the_shared_multi_ion_model_is_trained_once_per_key(tmp_path):
+    from tests.conftest import fixture_electrodes
+    from voltmodels.data.curation import curate
+    from voltmodels.data.dataset import CuratedDataset, save_dataset
+    from voltmodels.data.sources import RawElectrodes
+    from voltmodels.featurized import dataset_graphs
+    from voltmodels.graphs.featurize import GraphSettings
+    from voltmodels.model import CGCNNConfig
+    from voltmodels.training import TrainConfig
+    from voltmodels.transfer import shared_multi_ion_model
+
+    table, structures = fixture_electrodes(n_per_ion=25, ions=("Li", "Mg"))
+    save_dataset(curate(RawElectrodes(table, structures, "test")), tmp_path / "dataset", "test")
+    dataset, settings = CuratedDataset(tmp_path / "dataset"), GraphSettings()
+    graphs, _ = dataset_graphs(dataset, None, settings, progress=False)
+    config, train_config = CGCNNConfig(atom_fea_len=8, h_fea_len=8, n_conv=1), TrainConfig(epochs=1, batch_size=16, device="cpu")
+    first, reused_first = shared_multi_ion_model(dataset, graphs, config, settings, train_config, "random", 0, tmp_path / "cache")
+    again, reused_again = shared_multi_ion_model(dataset, graphs, config, settings, train_config, "random", 0, tmp_path / "cache")
+    assert (reused_first, reused_again) == (False, True)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    _, other_repeat = shared_multi_ion_model(dataset, graphs, config, settings, train_config, "random", 1, tmp_path / "cache")
+    _, other_config = shared_multi_ion_model(dataset, graphs, config, settings, TrainConfig(epochs=2, batch_size=16, device="cpu"), "random", 0, tmp_path / "cache")
+    assert not other_repeat and not other_config
+    assert len(list((tmp_path / "cache").glob("multi_ion_*.pt"))) == 3
 
 
 def test_the_selected_method_is_chosen_on_validation_not_on_test():

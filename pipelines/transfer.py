@@ -28,7 +28,7 @@ from voltmodels.transfer import (
 from voltmodels.tuning import profile
 
 SPLITS = ("random", "framework")
-MULTI_BASE = "shared multi-ion CGCNN trained in this run on every ion's training rows"
+MULTI_BASE = "shared multi-ion CGCNN of the split (every ion's training rows; see the multi_ion_model_* run tags)"
 BASELINE_METRIC = re.compile(r"^(framework_)?(svr|krr|rfr)_test_mae_(mean|std)$")
 
 

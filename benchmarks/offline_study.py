@@ -161,17 +161,20 @@ def multi_config(params: dict) -> TransferConfig:
 
 def multi_path(params: dict, strategy: str, repeat: int) -> Path:
     """The study's copy of a split's multi-ion model, named by its cache key (see shared_multi_ion_model)."""
-    model_config, _ = configs_from_params(params, 1, 1, 0, _STATE["settings"].n_edge_features)
-    return multi_ion_cache_path(Path(_STATE["args"].out), _STATE["dataset"].digest, strategy, repeat, model_config, multi_config(params).multi_train_config(repeat), _STATE["settings"])
+    return multi_ion_cache_path(Path(_STATE["args"].out), _STATE["dataset"].digest, strategy, repeat, _model_config(params), multi_config(params).multi_train_config(repeat), _STATE["settings"])
+
+
+def _model_config(params: dict):
+    """The searched architecture (the training part of `configs_from_params` is not used here)."""
+    return configs_from_params(params, 1, 1, 0, _STATE["settings"].n_edge_features)[0]
 
 
 def multi_task(strategy: str, repeat: int, params: dict) -> dict:
     """A shared CGCNN on every ion's training rows of this split; saved in --out for the transfer phase
     (copy it into $VOLTMODELS_CACHE/multi_ion/ and the transfer entry point reuses it)."""
     args, settings, dataset = _STATE["args"], _STATE["settings"], _STATE["dataset"]
-    model_config, _ = configs_from_params(params, args.epochs, args.patience, args.seed, settings.n_edge_features)
     started = time.perf_counter()
-    model, reused = shared_multi_ion_model(dataset, _STATE["graphs"], model_config, settings, multi_config(params).multi_train_config(repeat), strategy, repeat, Path(args.out))
+    model, reused = shared_multi_ion_model(dataset, _STATE["graphs"], _model_config(params), settings, multi_config(params).multi_train_config(repeat), strategy, repeat, Path(args.out))
     per_ion = split_sets_per_ion(dataset, _STATE["graphs"], strategy, repeat)
     val = concat_graph_sets([sets["val"] for sets in per_ion.values()])
     return {"split": strategy, "repeat": repeat, "n_train": sum(len(sets["train"]) for sets in per_ion.values()),

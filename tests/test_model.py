@@ -53,6 +53,20 @@ def test_prediction_does_not_depend_on_batch_companions_or_atom_order():
     assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_convolution_equals_the_papers_concatenated_form():
+    """The per-atom split of fc_full is an optimization: it must compute paper Eq. 1 exactly."""
+    model = small_model()
+    conv = model.convs[0]
+    batch = collate(toy_set(3).graphs, SETTINGS)
+    atoms = model.embedding(batch.atom_fea)
+    z = torch.cat([atoms[batch.edge_src], atoms[batch.edge_dst], batch.edge_fea], dim=1)
+    gate, core = conv.bn_edges(conv.fc_full(z)).chunk(2, dim=1)
+    messages = torch.sigmoid(gate) * torch.nn.functional.softplus(core)
+    summed = torch.zeros_like(atoms).index_add_(0, batch.edge_src, messages)
+    expected = torch.nn.functional.softplus(atoms + conv.bn_atoms(summed))
+    torch.testing.assert_close(conv(atoms, batch.edge_src, batch.edge_dst, batch.edge_fea), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_training_learns_and_keeps_the_best_epoch():
     train_set, val_set = toy_set(48, seed=1), toy_set(12, seed=2)
     before = np.abs(predict(small_model(), val_set, SETTINGS) - val_set.targets).mean()

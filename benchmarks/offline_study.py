@@ -213,22 +213,50 @@ def _stop_workers(pool) -> None:
         process.terminate()
 
 
-def _run_tasks(pool, tasks: list[tuple], deadline: float, on_result) -> None:
-    """Submit (fn, *args) tasks; hand each result to on_result(fn name, result); stop waiting at the deadline."""
-    futures = {pool.submit(fn, *fn_args): (fn.__name__, fn_args) for fn, *fn_args in tasks}
-    pending = set(futures)
+def _run_tasks(pool, tasks: list[tuple], deadline: float, on_result, waiting: list[tuple[tuple, set]] = ()) -> None:
+    """Submit (fn, *args) tasks; hand each result to on_result(fn name, result); stop waiting at the deadline.
+
+    `waiting` holds (task, dependencies) pairs, a dependency being (fn name, first two args) of a
+    task in this call: a waiting task is submitted as soon as all of its dependencies have ended
+    (failed ones included: the task then reports what it lacks), so no worker idles while a
+    ready task waits behind an unrelated one.
+    """
+    waiting = [(task, set(deps)) for task, deps in waiting]
+    futures, pending = {}, set()
+
+    def submit(task: tuple) -> None:
+        fn, *fn_args = task
+        future = pool.submit(fn, *fn_args)
+        futures[future] = (fn.__name__, tuple(fn_args))
+        pending.add(future)
+
+    def release(ended: tuple | None) -> None:
+        nonlocal waiting
+        for task, deps in waiting:
+            deps.discard(ended)
+        for task in [task for task, deps in waiting if not deps]:
+            submit(task)
+        waiting = [(task, deps) for task, deps in waiting if deps]
+
+    for task in tasks:
+        submit(task)
+    release(None)
     while pending:
-        done, pending = wait(pending, timeout=max(0.0, deadline - time.time()), return_when=FIRST_COMPLETED)
+        done, _ = wait(pending, timeout=max(0.0, deadline - time.time()), return_when=FIRST_COMPLETED)
         if not done:
-            print(f"deadline: {len(pending)} tasks left unfinished", flush=True)
+            print(f"deadline: {len(pending) + len(waiting)} tasks left unfinished", flush=True)
             _stop_workers(pool)
             raise TimeoutError("deadline reached")
         for future in done:
+            pending.discard(future)
             name, fn_args = futures[future]
             try:
                 on_result(name, future.result())
             except Exception:
                 print(f"{name}{fn_args} failed:\n{traceback.format_exc()}", flush=True)
+            release((name, fn_args[:2]))
+    if waiting:  # a dependency that was never a task of this call
+        print(f"{len(waiting)} tasks never started: their dependencies {sorted(set().union(*(d for _, d in waiting)))} did not run", flush=True)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -271,11 +299,14 @@ def run(args: argparse.Namespace) -> None:
         missing = (lambda ion, strategy, repeat: wanted) if "li" in args.phases else missing_methods(out, wanted)  # a new Li base redoes them all
         transfer_tasks = [(transfer_task, ion, s, r, missing(ion, s, r), params) for s in splits for r in range(args.n_repeats) for ion in ions] if "transfer" in args.phases else []
         transfer_tasks = [t for t in transfer_tasks if t[-1]]
-        # Transfer needs the Li base (random split, seed 0) and its split's multi-ion model: tasks
-        # whose inputs are ready fill the workers beside the Li and multi-ion trainings.
-        waiting = [t for t in transfer_tasks if "li" in args.phases or (t[2], t[3]) in multi_pending]
-        _run_tasks(pool, li_tasks + multi_tasks + [t for t in transfer_tasks if t not in waiting], deadline, record)
-        _run_tasks(pool, waiting, deadline, record)
+        # Transfer needs the Li base (random split, seed 0) and its split's multi-ion model: a task
+        # starts as soon as those exist, beside the trainings still running.
+        def dependencies(task: tuple) -> set:
+            _, ion, strategy, repeat, *_ = task
+            deps = {("multi_task", (strategy, repeat))} if (strategy, repeat) in multi_pending else set()
+            return deps | ({("li_task", ("random", 0))} if li_tasks else set())
+
+        _run_tasks(pool, li_tasks + multi_tasks, deadline, record, [(t, dependencies(t)) for t in transfer_tasks])
         pool.shutdown()
         print(f"{stamp()} done", flush=True)
     except TimeoutError:

@@ -101,3 +101,43 @@ def test_killing_the_offline_study_ends_its_workers(li_champion, tmp_path):
         assert not [pid for pid in workers if _alive(pid)], "worker processes outlived the killed study"
     finally:
         study.kill()
+
+
+# Stand-ins named like the study's tasks: dependencies are matched by task name and first two args.
+_EVENTS: list[tuple[str, tuple, float]] = []
+
+
+def multi_task(strategy, repeat, seconds):
+    _EVENTS.append(("start multi", (strategy, repeat), time.perf_counter()))
+    time.sleep(seconds)
+    if repeat == 2:
+        raise RuntimeError("this multi-ion training fails")
+    _EVENTS.append(("end multi", (strategy, repeat), time.perf_counter()))
+    return repeat
+
+
+def transfer_task(ion, strategy, repeat):
+    _EVENTS.append(("start transfer", (strategy, repeat), time.perf_counter()))
+    return ion
+
+
+def test_a_transfer_task_starts_when_its_own_multi_ion_model_is_ready(capsys):
+    """Not when every multi-ion model is: a short split's transfer runs beside a long training."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.offline_study import _run_tasks
+
+    _EVENTS.clear()
+    results = []
+    multis = [(multi_task, "random", 0, 0.05), (multi_task, "random", 1, 1.0), (multi_task, "random", 2, 0.05)]
+    waiting = [((transfer_task, "Mg", "random", r), {("multi_task", ("random", r))}) for r in range(3)]
+    waiting.append(((transfer_task, "Ca", "random", 9), set()))  # nothing to wait for
+    with ThreadPoolExecutor(2) as pool:
+        _run_tasks(pool, multis, time.time() + 30, lambda name, result: results.append((name, result)), waiting)
+    when = {(kind, key): t for kind, key, t in _EVENTS}
+    assert when[("start transfer", ("random", 0))] < when[("end multi", ("random", 1))], "transfer of split 0 waited for split 1's model"
+    assert when[("start transfer", ("random", 1))] >= when[("end multi", ("random", 1))], "transfer of split 1 started before its model"
+    # A failed dependency still releases its task (which then reports what it lacks); the failure is printed.
+    assert sorted(r for name, r in results if name == "transfer_task") == ["Ca", "Mg", "Mg", "Mg"]
+    assert "multi_task('random', 2, 0.05) failed" in capsys.readouterr().out

@@ -38,6 +38,7 @@ import pandas as pd
 
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, cache_dir
 from voltmodels.data.curation import SPLIT_STRATEGIES
+from voltmodels.data.structures import parse_structure
 from voltmodels.graphs.featurize import structure_digest  # one content hash for every cache
 
 #: Bump when featurize_structure's output changes for the same featurizer list (invalidates caches).
@@ -218,8 +219,8 @@ def dataset_features(dataset, ions: Iterable[str] | None = None, cache: FeatureC
     """Features of the discharged structures of the dataset's electrodes (of `ions`), indexed by id_discharge."""
     table = dataset.table if ions is None else dataset.table[dataset.table["working_ion"].isin(list(ions))]
     ids = sorted(set(table["id_discharge"]))
-    structures = dataset.structures
-    return (cache if cache is not None else FeatureCache()).get_many({mid: structures[mid] for mid in ids}, progress=progress)
+    compact = dataset.compact_structures
+    return (cache if cache is not None else FeatureCache()).get_many({mid: parse_structure(compact[mid]) for mid in ids}, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ class CurationParams:
 @dataclass
 class CurationResult:
     table: pd.DataFrame  # curated rows, with split_random / split_framework columns
-    structures: dict[str, Structure]  # id_discharge -> discharged structure
+    structures: dict[str, Structure]  # material id -> structure, for every id_discharge and id_charge
     dropped: pd.DataFrame  # battery_id, working_ion, rule, detail
     counts: pd.DataFrame  # per ion: raw, after each rule, per split
     params: CurationParams = field(default_factory=CurationParams)
@@ -77,10 +77,10 @@ def _drop(table: pd.DataFrame, mask: pd.Series, rule: str, detail: pd.Series | s
     return table.loc[~mask]
 
 
-def _parse_discharged(table: pd.DataFrame, raw_structures: dict) -> tuple[dict[str, Structure], dict[str, str]]:
+def _parse_structures(material_ids: pd.Series, raw_structures: dict) -> tuple[dict[str, Structure], dict[str, str]]:
     parsed: dict[str, Structure] = {}
     errors: dict[str, str] = {}
-    for material_id in table["id_discharge"].astype(str).unique():
+    for material_id in material_ids.astype(str).unique():
         if material_id not in raw_structures:
             errors[material_id] = f"no structure for {material_id} in the source"
             continue
@@ -108,7 +108,7 @@ def clean(raw: RawElectrodes, params: CurationParams) -> tuple[pd.DataFrame, dic
     table = _drop(table, mask, "missing_voltage", "average_voltage is empty or not a number", log)
     stages["missing_voltage"] = table["working_ion"].value_counts()
 
-    structures, errors = _parse_discharged(table, raw.structures)
+    structures, errors = _parse_structures(table["id_discharge"], raw.structures)
     mask = table["id_discharge"].isin(list(errors))
     table = _drop(table, mask, "missing_structure", table["id_discharge"].map(errors), log)
     stages["missing_structure"] = table["working_ion"].value_counts()
@@ -163,6 +163,11 @@ def clean(raw: RawElectrodes, params: CurationParams) -> tuple[pd.DataFrame, dic
     counts = pd.DataFrame(stages).reindex(list(params.ions)).fillna(0).astype(int)
     dropped = pd.concat(log, ignore_index=True) if log else pd.DataFrame(columns=["battery_id", "working_ion", "id_discharge", "average_voltage", "rule", "detail"])
     kept_structures = {mid: structures[mid] for mid in table["id_discharge"].unique()}
+    # The charged end members too (they feed the potentials' mode (a)); an electrode whose charged
+    # structure is missing or unreadable keeps its row: models that read only the discharged one use it.
+    table["id_charge"] = table["id_charge"].astype(str).str.strip()
+    charged, _ = _parse_structures(table["id_charge"], raw.structures)
+    kept_structures.update({mid: s for mid, s in charged.items() if s.is_ordered and mid not in kept_structures})
     return table.reset_index(drop=True), kept_structures, dropped, counts
 
 

@@ -2,7 +2,7 @@
 
 Layout of a dataset folder (the `dataset/` artifact of a curate run):
     electrodes.csv        curated rows, with split_random / split_framework
-    structures.json.gz    {id_discharge: compact structure}
+    structures.json.gz    {material id: compact structure} for every id_discharge and id_charge
     dropped.csv           every dropped row and the rule that dropped it
     counts.csv            per-ion counts raw / after each rule / per split
     manifest.json         source, curation params, digest
@@ -73,7 +73,7 @@ class CuratedDataset:
 
     @cached_property
     def compact_structures(self) -> dict[str, dict]:
-        """{id_discharge: compact dict}: what the graph cache reads without building Structures."""
+        """{material id: compact dict} (discharged and charged): what the graph cache reads without building Structures."""
         with gzip.open(self.folder / STRUCTURES, "rt") as fh:
             return json.load(fh)
 

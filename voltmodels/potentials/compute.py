@@ -1,0 +1,149 @@
+"""Energies of many structures through the cache: only what the cache lacks is computed.
+
+Static energies: one call per structure (SevenNet's ASE calculator), or batches where the package
+predicts many structures at once (CHGNet). Relaxations (mode (b): the user holds only the
+discharged structure) use ASE's FIRE on the positions and the cell (FrechetCellFilter).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from pymatgen.core import IStructure, Structure
+
+from voltmodels.config import VoltmodelsError
+from voltmodels.data.structures import parse_structure, structure_to_compact
+from voltmodels.graphs.featurize import structure_digest
+from voltmodels.potentials.cache import EnergyRecord, PotentialCache, RelaxRecord
+from voltmodels.potentials.calculators import Potential, load_potential, potential_key
+
+#: Structures written to the cache per transaction: an interrupted run keeps its work.
+_CHECKPOINT_EVERY = 25
+_CHGNET_BATCH = 16
+
+
+def static_energies(
+    structures: Mapping[str, Any],
+    potential_name: str,
+    cache: PotentialCache | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, EnergyRecord]:
+    """{id: EnergyRecord} for {id: structure (any form parse_structure reads)}; cached ones are read."""
+    cache = cache or PotentialCache()
+    key = potential_key(potential_name)
+    digest_of = {mid: structure_digest(parse_structure(s)) for mid, s in structures.items()}
+    found = cache.energies(key, digest_of.values())
+    missing: dict[str, IStructure] = {}
+    for mid, digest in digest_of.items():
+        if digest not in found and digest not in missing:
+            missing[digest] = parse_structure(structures[mid])
+    if missing:
+        potential = load_potential(potential_name)
+        pending: dict[str, EnergyRecord] = {}
+        items = list(missing.items())
+        batch = _CHGNET_BATCH if potential.name == "chgnet" else 1
+        for start in range(0, len(items), batch):
+            chunk = items[start : start + batch]
+            pending.update(_compute_chunk(potential, chunk))
+            if len(pending) >= _CHECKPOINT_EVERY:
+                cache.put_energies(key, pending)
+                found.update(pending)
+                pending = {}
+            if progress is not None:
+                progress(min(start + batch, len(items)), len(items))
+        cache.put_energies(key, pending)
+        found.update(pending)
+    return {mid: found[digest] for mid, digest in digest_of.items()}
+
+
+def _compute_chunk(potential: Potential, chunk: list[tuple[str, IStructure]]) -> dict[str, EnergyRecord]:
+    started = time.perf_counter()
+    if potential.name == "chgnet" and len(chunk) > 1:
+        try:
+            predictions = potential.calculator.model.predict_structure([s for _, s in chunk], task="e", return_crystal_feas=True, batch_size=len(chunk))
+        except Exception:  # one bad structure fails the batch: fall back to one by one
+            return {k: v for item in chunk for k, v in _compute_chunk(potential, [item]).items()}
+        seconds = (time.perf_counter() - started) / len(chunk)
+        return {
+            digest: EnergyRecord(float(p["e"]) * len(s), len(s), np.asarray(p["crystal_fea"], np.float32), None, seconds)
+            for (digest, s), p in zip(chunk, predictions)
+        }
+    records = {}
+    for digest, structure in chunk:
+        started = time.perf_counter()
+        try:
+            energy, embedding = energy_of(potential, structure)
+            records[digest] = EnergyRecord(energy, len(structure), embedding, None, time.perf_counter() - started)
+        except Exception as exc:  # an element the potential does not know, a failed neighbour list...
+            records[digest] = EnergyRecord(None, len(structure), None, f"{type(exc).__name__}: {exc}"[:500], time.perf_counter() - started)
+    return records
+
+
+def energy_of(potential: Potential, structure: IStructure) -> tuple[float, np.ndarray | None]:
+    """Total energy (eV) and the mean atomic embedding of one structure."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(Structure.from_sites(structure))
+    atoms.calc = potential.calculator
+    energy = float(atoms.get_potential_energy())
+    if potential.embedding_reader is not None:
+        features = potential.embedding_reader()
+        return energy, None if features is None else np.asarray(features, np.float32).mean(axis=0)
+    if potential.name == "chgnet":
+        prediction = potential.calculator.model.predict_structure(structure, task="e", return_crystal_feas=True)
+        return energy, np.asarray(prediction["crystal_fea"], np.float32)
+    return energy, None
+
+
+@dataclass(frozen=True)
+class RelaxSettings:
+    fmax: float = 0.1  # eV/Å
+    max_steps: int = 200
+    relax_cell: bool = True
+
+    def key(self) -> str:
+        return json.dumps({"fmax": self.fmax, "max_steps": self.max_steps, "cell": self.relax_cell, "optimizer": "FIRE"}, sort_keys=True)
+
+
+def relax(structure: Any, potential_name: str, settings: RelaxSettings = RelaxSettings(), cache: PotentialCache | None = None) -> RelaxRecord:
+    """The structure relaxed with the potential (positions and cell); read from the cache when done before."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    cache = cache or PotentialCache()
+    structure = parse_structure(structure)
+    key, digest = potential_key(potential_name), structure_digest(structure)
+    done = cache.relaxed(key, digest, settings.key())
+    if done is not None:
+        return done
+    potential = load_potential(potential_name)
+    started = time.perf_counter()
+    atoms = AseAtomsAdaptor.get_atoms(Structure.from_sites(structure))
+    atoms.calc = potential.calculator
+    try:
+        target = FrechetCellFilter(atoms) if settings.relax_cell else atoms
+        optimizer = FIRE(target, logfile=None)
+        converged = bool(optimizer.run(fmax=settings.fmax, steps=settings.max_steps))
+        relaxed = AseAtomsAdaptor.get_structure(atoms)
+        record = RelaxRecord(structure_to_compact(relaxed), float(atoms.get_potential_energy()), int(optimizer.nsteps), converged, None, time.perf_counter() - started)
+    except Exception as exc:
+        record = RelaxRecord(None, None, 0, False, f"{type(exc).__name__}: {exc}"[:500], time.perf_counter() - started)
+    cache.put_relaxed(key, digest, settings.key(), record)
+    return record
+
+
+def charged_host(discharged: Any, ion: str) -> IStructure:
+    """Mode (b): the charged host a user without MP's charged state starts from, the discharged
+    structure with every working-ion atom removed (MP's charged state keeps some ions in x1 > 0 cases)."""
+    structure = Structure.from_sites(parse_structure(discharged))
+    if ion not in {site.specie.symbol for site in structure}:
+        raise VoltmodelsError(f"the discharged structure holds no {ion} atoms, so it is not a {ion} electrode")
+    structure.remove_species([ion])
+    if len(structure) == 0:
+        raise VoltmodelsError(f"removing every {ion} atom leaves an empty host")
+    return structure

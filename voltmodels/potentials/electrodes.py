@@ -1,0 +1,120 @@
+"""Electrode rows -> the potential's inputs of every family (zero-shot voltage, energies, embeddings).
+
+Mode (a): both end members are given (every MP electrode: `id_charge`, `id_discharge`); static
+energies of the two structures as they are. Mode (b): only the discharged structure, as a user
+screening a new candidate holds it; the charged host is that structure without its working-ion atoms,
+and both are relaxed with the potential before their energies are taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from voltmodels.config import VoltmodelsError
+from voltmodels.data.structures import parse_structure
+from voltmodels.potentials.cache import PotentialCache
+from voltmodels.potentials.compute import RelaxSettings, charged_host, relax, static_energies
+from voltmodels.potentials.families import PotentialInputs
+from voltmodels.potentials.references import metal_energy_per_atom
+from voltmodels.potentials.voltage import average_voltage
+
+
+@dataclass(frozen=True)
+class Electrode:
+    ion: str
+    discharged: Any  # any form parse_structure reads
+    charged: Any | None = None  # None: mode (b)
+    #: Set when a mode (a) row lacks its charged structure: the row is reported, not relaxed.
+    missing_charged: bool = False
+
+
+def electrode_inputs(
+    electrodes: Sequence[Electrode],
+    potential_name: str,
+    relax_settings: RelaxSettings = RelaxSettings(),
+    cache: PotentialCache | None = None,
+    embedding_dim: int | None = None,
+) -> PotentialInputs:
+    """PotentialInputs of electrodes, each in mode (a) when it has a charged structure, else (b).
+
+    A row the potential cannot do (an unknown element, a failed relaxation, end members without a
+    common framework) gets NaNs and its reason in `errors`; the families fall back for it.
+    """
+    cache = cache or PotentialCache()
+    structures: dict[str, Any] = {}
+    pairs: list[tuple[str, str] | str] = []
+    for i, electrode in enumerate(electrodes):
+        try:
+            if electrode.missing_charged:
+                raise VoltmodelsError("no charged structure")
+            discharged = parse_structure(electrode.discharged)
+            if electrode.charged is not None:
+                charged = parse_structure(electrode.charged)
+            else:
+                charged = charged_host(discharged, electrode.ion)
+                discharged, charged = (_relaxed(s, potential_name, relax_settings, cache) for s in (discharged, charged))
+            structures[f"{i}d"], structures[f"{i}c"] = discharged, charged
+            pairs.append((f"{i}d", f"{i}c"))
+        except VoltmodelsError as exc:
+            pairs.append(str(exc))
+    energies = static_energies(structures, potential_name, cache)
+    references: dict[str, float] = {}
+    n = len(electrodes)
+    v = np.full(n, np.nan)
+    per_atom = np.full((n, 2), np.nan)
+    dims = {len(r.embedding) for r in energies.values() if r.embedding is not None}
+    d = embedding_dim or (dims.pop() if dims else 0)
+    embeddings = np.full((n, 2 * d), np.nan)
+    errors: list[str | None] = [None] * n
+    for i, (electrode, pair) in enumerate(zip(electrodes, pairs)):
+        if isinstance(pair, str):
+            errors[i] = pair
+            continue
+        rd, rc = energies[pair[0]], energies[pair[1]]
+        if rd.energy is None or rc.energy is None:
+            errors[i] = f"the potential failed: {rd.error or rc.error}"
+            continue
+        if electrode.ion not in references:
+            references[electrode.ion] = metal_energy_per_atom(electrode.ion, potential_name, cache)
+        sd, sc = structures[pair[0]], structures[pair[1]]
+        try:
+            v[i] = average_voltage(sc.composition, rc.energy, sd.composition, rd.energy, electrode.ion, references[electrode.ion])
+        except VoltmodelsError as exc:
+            errors[i] = str(exc)
+            continue
+        per_atom[i] = (rd.energy / rd.n_atoms, rc.energy / rc.n_atoms)
+        if d and rd.embedding is not None and rc.embedding is not None and len(rd.embedding) == d:
+            embeddings[i] = np.concatenate([rd.embedding, rc.embedding])
+    return PotentialInputs(v, per_atom, embeddings, errors)
+
+
+def _relaxed(structure, potential_name: str, settings: RelaxSettings, cache: PotentialCache):
+    record = relax(structure, potential_name, settings, cache)
+    if record.structure is None:
+        raise VoltmodelsError(f"relaxing {structure.composition.reduced_formula} with {potential_name} failed: {record.error}")
+    return parse_structure(record.structure)
+
+
+class DatasetInputs:
+    """PotentialInputs of a curated dataset's rows in mode (a) or (b), computed once, looked up by battery_id."""
+
+    def __init__(self, dataset, potential_name: str, mode: str = "a", rows: pd.DataFrame | None = None, relax_settings: RelaxSettings = RelaxSettings(), cache: PotentialCache | None = None):
+        if mode not in ("a", "b"):
+            raise VoltmodelsError(f"unknown input mode {mode!r}; use a (both end members) or b (discharged only)")
+        rows = dataset.table if rows is None else rows
+        compact: Mapping[str, dict] = dataset.compact_structures
+        electrodes = [
+            Electrode(ion, compact[d], compact.get(c) if mode == "a" else None, missing_charged=mode == "a" and c not in compact)
+            for ion, d, c in zip(rows["working_ion"], rows["id_discharge"], rows["id_charge"])
+        ]
+        self.inputs = electrode_inputs(electrodes, potential_name, relax_settings, cache)
+        self.position = {bid: i for i, bid in enumerate(rows["battery_id"])}
+
+    def __call__(self, rows: pd.DataFrame) -> PotentialInputs:
+        idx = np.array([self.position[b] for b in rows["battery_id"]])
+        x = self.inputs
+        return PotentialInputs(x.v_uip[idx], x.energies[idx], x.embeddings[idx], [x.errors[i] for i in idx])

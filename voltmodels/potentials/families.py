@@ -1,0 +1,230 @@
+"""Voltage model families built on a universal potential, and their evaluation on the seeded splits.
+
+  uip          zero-shot: the potential's voltage from energy differences (no training)
+  uip_recal    per-ion linear map a * V_uip + b fitted on the ion's training rows
+  uip_delta    Delta-learning: gradient-boosted trees learn V_DFT - V_uip from the composition
+               features of the baselines, the potential's energies and its learned representation;
+               one model for all ions (the ion is a feature), so data-poor ions borrow from Li
+  uip_head     foundation-model transfer: the potential's frozen atomic representation (mean over
+               atoms of both end members) under a small trained voltage head (MLP), all ions together
+
+Every family is fitted on the train rows only; its 90 % interval half-width is the conformal
+quantile of |residual| on the ion's validation rows, which no fit or selection of the family used.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
+from voltmodels.data.curation import SPLIT_STRATEGIES
+
+FAMILIES = ("uip", "uip_recal", "uip_delta", "uip_head")
+MODES = ("a", "b")
+COVERAGE = 0.9
+#: Below this many validation rows an ion's interval uses the pooled validation residuals.
+MIN_CALIBRATION_ROWS = 10
+
+
+# --------------------------------------------------------------------------------------------------
+# per-electrode inputs
+
+
+@dataclass
+class PotentialInputs:
+    """What a family reads of one set of electrodes, aligned with its rows.
+
+    v_uip: (n,) zero-shot voltage (NaN where the potential gave none); energies: (n, 2) eV/atom of the
+    discharged and charged end members; embeddings: (n, 2 d) mean atomic representation of both.
+    """
+
+    v_uip: np.ndarray
+    energies: np.ndarray
+    embeddings: np.ndarray
+    errors: list[str | None]
+
+
+def ion_onehot(ions: Sequence[str]) -> np.ndarray:
+    index = {ion: i for i, ion in enumerate(SUPPORTED_IONS)}
+    out = np.zeros((len(ions), len(SUPPORTED_IONS)))
+    out[np.arange(len(ions)), [index[i] for i in ions]] = 1.0
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# models
+
+
+@dataclass
+class FamilyModel:
+    """A fitted family: predicts voltages of rows from their potential inputs, features and ions."""
+
+    family: str
+    recal: dict[str, tuple[float, float]] = field(default_factory=dict)  # uip_recal: ion -> (a, b)
+    regressor: object | None = None  # uip_delta / uip_head: a fitted sklearn estimator
+    fallback: dict[str, float] = field(default_factory=dict)  # ion -> train median, where V_uip is missing
+    half_width: dict[str, float] = field(default_factory=dict)  # ion -> conformal 90 % half-width
+
+    def predict(self, inputs: PotentialInputs, features: np.ndarray, ions: Sequence[str]) -> np.ndarray:
+        v = inputs.v_uip.astype(np.float64)
+        if self.family == "uip":
+            out = v.copy()
+        elif self.family == "uip_recal":
+            a_b = np.array([self.recal.get(ion, (1.0, 0.0)) for ion in ions]).reshape(-1, 2)
+            out = a_b[:, 0] * v + a_b[:, 1]
+        elif self.family == "uip_delta":
+            out = v + self.regressor.predict(delta_features(inputs, features, ions))
+        elif self.family == "uip_head":
+            out = self.regressor.predict(head_features(inputs, ions))
+        else:
+            raise VoltmodelsError(f"unknown family {self.family!r}; use one of {', '.join(FAMILIES)}")
+        missing = ~np.isfinite(out)
+        out[missing] = [self.fallback.get(ion, np.nan) for ion in np.asarray(ions)[missing]]
+        return out
+
+    def interval(self, ions: Sequence[str]) -> np.ndarray:
+        pooled = self.half_width.get("*", np.nan)
+        return np.array([self.half_width.get(ion, pooled) for ion in ions])
+
+
+def delta_features(inputs: PotentialInputs, features: np.ndarray, ions: Sequence[str]) -> np.ndarray:
+    return np.hstack([inputs.v_uip[:, None], inputs.energies, inputs.embeddings, features, ion_onehot(ions)])
+
+
+def head_features(inputs: PotentialInputs, ions: Sequence[str]) -> np.ndarray:
+    d = inputs.embeddings.shape[1] // 2
+    discharged, charged = inputs.embeddings[:, :d], inputs.embeddings[:, d:]
+    return np.hstack([discharged, discharged - charged, ion_onehot(ions)])
+
+
+def _delta_regressor(seed: int):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    # Fixed settings, not tuned on validation rows: those calibrate the interval.
+    return HistGradientBoostingRegressor(loss="absolute_error", learning_rate=0.05, max_iter=400, max_leaf_nodes=15, min_samples_leaf=10, l2_regularization=1.0, random_state=seed)
+
+
+def _head_regressor(seed: int):
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.impute import SimpleImputer
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    mlp = MLPRegressor(hidden_layer_sizes=(128,), alpha=1e-2, learning_rate_init=1e-3, max_iter=400, early_stopping=True, validation_fraction=0.1, n_iter_no_change=20, random_state=seed)
+    return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(), TransformedTargetRegressor(regressor=mlp, transformer=StandardScaler()))
+
+
+def fit_family(family: str, inputs: PotentialInputs, features: np.ndarray, ions: np.ndarray, y: np.ndarray, seed: int = 0) -> FamilyModel:
+    """Fit `family` on training rows (all ions together; per-ion parts where the family has them)."""
+    ions = np.asarray(ions)
+    model = FamilyModel(family, fallback={ion: float(np.median(y[ions == ion])) for ion in np.unique(ions)})
+    known = np.isfinite(inputs.v_uip)
+    if family == "uip_recal":
+        for ion in np.unique(ions):
+            rows = (ions == ion) & known
+            if rows.sum() >= 5:
+                a, b = np.polyfit(inputs.v_uip[rows], y[rows], 1)
+                model.recal[ion] = (float(a), float(b))
+    elif family == "uip_delta":
+        import warnings
+
+        model.regressor = _delta_regressor(seed)
+        X = delta_features(inputs, features, ions)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.regressor.fit(X[known], (y - inputs.v_uip)[known])
+    elif family == "uip_head":
+        import warnings
+
+        model.regressor = _head_regressor(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLP convergence notes
+            model.regressor.fit(head_features(inputs, ions), y)
+    elif family != "uip":
+        raise VoltmodelsError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
+    return model
+
+
+def conformal_half_width(residuals: np.ndarray, coverage: float = COVERAGE) -> float:
+    """Split-conformal half-width: the ceil((n + 1) coverage)-th smallest |residual| (inf if n too small)."""
+    r = np.sort(np.abs(residuals[np.isfinite(residuals)]))
+    k = int(np.ceil((len(r) + 1) * coverage))
+    return float(r[k - 1]) if 0 < k <= len(r) else float("inf")
+
+
+def calibrate(model: FamilyModel, inputs: PotentialInputs, features: np.ndarray, ions: np.ndarray, y: np.ndarray) -> None:
+    """Set the interval half-widths from calibration rows (validation rows, never used to fit)."""
+    residuals = y - model.predict(inputs, features, ions)
+    model.half_width["*"] = conformal_half_width(residuals)
+    for ion in np.unique(ions):
+        rows = ions == ion
+        if rows.sum() >= MIN_CALIBRATION_ROWS:
+            model.half_width[ion] = conformal_half_width(residuals[rows])
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation on the seeded splits
+
+
+def evaluate(
+    dataset,
+    inputs_of: Callable[[pd.DataFrame], PotentialInputs],
+    features: pd.DataFrame,
+    families: Sequence[str] = FAMILIES,
+    strategies: Sequence[str] = SPLIT_STRATEGIES,
+    n_repeats: int = 5,
+    ions: Sequence[str] | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = print,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Records (ion, split, repeat, method, metrics, coverage) and repeat-0 test predictions.
+
+    Repeat k of strategy s uses `dataset.split(ion, s, k)` for every ion, the same rows as the CGCNN
+    and the baselines; the pooled families train on the union of every ion's train rows.
+    """
+    from voltmodels.baselines import regression_metrics
+
+    ions = list(ions or dataset.ions)
+    records, predictions = [], []
+    for strategy in strategies:
+        for repeat in range(n_repeats):
+            rows = pd.concat([dataset.split(ion, strategy, repeat) for ion in dataset.ions], ignore_index=True)
+            inputs = inputs_of(rows)
+            X = features.loc[rows["id_discharge"]].to_numpy(np.float64)
+            y = rows["average_voltage"].to_numpy(np.float64)
+            row_ions = rows["working_ion"].to_numpy()
+            part = rows["split"].to_numpy()
+
+            def take(mask):
+                return PotentialInputs(inputs.v_uip[mask], inputs.energies[mask], inputs.embeddings[mask], [e for e, m in zip(inputs.errors, mask) if m]), X[mask], row_ions[mask], y[mask]
+
+            for family in families:
+                started = time.perf_counter()
+                model = fit_family(family, *take(part == "train"), seed=seed + repeat)
+                calibrate(model, *take(part == "val"))
+                seconds = time.perf_counter() - started
+                predicted = model.predict(inputs, X, row_ions)
+                half = model.interval(row_ions)
+                for ion in ions:
+                    record = {"ion": ion, "split": strategy, "repeat": repeat, "method": family, "seconds": seconds}
+                    for name in ("train", "val", "test"):
+                        mask = (row_ions == ion) & (part == name)
+                        record[f"n_{name}"] = int(mask.sum())
+                        if name != "train" and mask.any():
+                            record.update({f"{name}_{k}": v for k, v in regression_metrics(y[mask], predicted[mask]).items()})
+                    test = (row_ions == ion) & (part == "test")
+                    record["test_coverage"] = float(np.mean(np.abs(y[test] - predicted[test]) <= half[test])) if test.any() else np.nan
+                    record["test_no_potential"] = int((~np.isfinite(inputs.v_uip[test])).sum())
+                    records.append(record)
+                    if repeat == 0:
+                        predictions.append(pd.DataFrame({"split": strategy, "method": family, "ion": ion, "battery_id": rows.loc[test, "battery_id"], "true": y[test], "predicted": predicted[test], "half_width": half[test]}))
+                if log is not None:
+                    mean = np.mean([r["test_mae"] for r in records[-len(ions):] if "test_mae" in r])
+                    log(f"{strategy} repeat {repeat} {family}: mean per-ion test MAE {mean:.3f} V ({seconds:.1f} s)")
+    return pd.DataFrame(records), (pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame())

@@ -1,6 +1,7 @@
-"""Entry point `router`: bundle every ion's champion CGCNN into the `voltage-predictor` pyfunc and register it.
+"""Entry point `router`: bundle every ion's champion into the `voltage-predictor` pyfunc and register it.
 
-For every registered `voltage-cgcnn-<ion>` that has a `@champion` alias now, the champion's model folder is
+For every ion, the better on validation of `voltage-cgcnn-<ion>@champion` and `voltage-uip-<ion>@champion`
+(a universal-potential family); the winner's model folder is
 downloaded and bundled inside the router, which is logged, registered as `voltage-predictor` and (by
 default) made its champion: a router built from the current champions is the current best router.
 """
@@ -20,6 +21,7 @@ from voltmodels import registry
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
 
 PREFIX = registry.cgcnn_name("")
+PREFIXES = (PREFIX, registry.potential_name(""))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,26 +36,35 @@ def _ion_order(ion: str) -> tuple:
     return (SUPPORTED_IONS.index(ion) if ion in SUPPORTED_IONS else len(SUPPORTED_IONS), ion)
 
 
-def champion_members(ions: str = "all") -> dict:
-    """{ion: champion ModelVersion} for every registered voltage-cgcnn-<ion> with a champion alias."""
+def _registered(prefix: str) -> set[str]:
     client = MlflowClient()
-    names = set()
-    token = None
+    names, token = set(), None
     while True:
-        page = client.search_registered_models(filter_string=f"name LIKE '{PREFIX}%'", max_results=200, page_token=token)
+        page = client.search_registered_models(filter_string=f"name LIKE '{prefix}%'", max_results=200, page_token=token)
         names.update(m.name for m in page)
         token = page.token
         if not token:
-            break
+            return names
+
+
+def champion_members(ions: str = "all") -> dict:
+    """{ion: champion ModelVersion}: per ion, the better (validation MAE) of `voltage-cgcnn-<ion>@champion`
+    and `voltage-uip-<ion>@champion`; versions fitted on another dataset digest than the newest
+    candidate's are not compared."""
+    candidates: dict[str, list] = {}
+    for prefix in PREFIXES:
+        for name in _registered(prefix):
+            version = registry.champion_version(name)
+            if version is not None:
+                candidates.setdefault(name[len(prefix) :], []).append(version)
     wanted = None if ions.strip().lower() == "all" else {i.strip() for i in ions.split(",") if i.strip()}
     members = {}
-    for name in names:
-        ion = name[len(PREFIX) :]
+    for ion, versions in candidates.items():
         if wanted is not None and ion not in wanted:
             continue
-        version = registry.champion_version(name)
-        if version is not None:
-            members[ion] = version
+        newest = max(versions, key=lambda v: v.creation_timestamp)
+        comparable = [v for v in versions if v.tags.get("dataset_digest") == newest.tags.get("dataset_digest")]
+        members[ion] = min(comparable, key=lambda v: (_float_tag(v, "val_mae") if _float_tag(v, "val_mae") is not None else float("inf"), -v.creation_timestamp))
     if wanted is not None and (missing := sorted(wanted - set(members))):
         raise VoltmodelsError(f"No champion for ion(s) {', '.join(missing)}: register {', '.join(PREFIX + i for i in missing)} with a @{registry.CHAMPION} alias first.")
     if not members:
@@ -81,7 +92,7 @@ def main(argv=None) -> str | None:
         members = {}
         for ion, v in champions.items():
             info = {"name": v.name, "version": str(v.version), "run_id": v.run_id or "", "source": v.source}
-            for key in ("val_mae", "test_mae", "test_interval_coverage", "method"):
+            for key in ("val_mae", "test_mae", "test_interval_coverage", "method", "potential"):
                 if key in v.tags:
                     info[key] = v.tags[key]
             members[ion] = info

@@ -1,6 +1,7 @@
 """Validation of prediction requests, shared by every served model.
 
-A request is a DataFrame with `structure` (CIF text or pymatgen Structure JSON) and `working_ion`.
+A request is a DataFrame with `structure` (CIF text or pymatgen Structure JSON) and `working_ion`
+(and, for the universal-potential models, an optional `structure_charged`).
 Every bad row is reported in one message that names the row and the reason; MLflow's scoring server
 turns the INVALID_PARAMETER_VALUE error into HTTP 400 and keeps serving.
 """
@@ -44,7 +45,8 @@ def parse_rows(frame: pd.DataFrame, supported_ions: Iterable[str]) -> list[tuple
     check_columns(frame)
     supported = sorted(set(supported_ions))
     parsed, problems = [], []
-    for row, (raw, ion) in enumerate(zip(frame["structure"], frame["working_ion"])):
+    # Rows are named by the frame's index: a router passing a member a slice of the request names the user's rows.
+    for row, raw, ion in zip(frame.index, frame["structure"], frame["working_ion"]):
         try:
             ion = str(ion).strip()
             if ion not in supported:

@@ -1,4 +1,4 @@
-"""The router pyfunc `voltage-predictor`: every ion's champion CGCNN behind one endpoint.
+"""The router pyfunc `voltage-predictor`: every ion's champion (a CGCNN or a universal-potential family) behind one endpoint.
 
 Rows are validated together (serving/inputs.py), dispatched by `working_ion` to that ion's
 CGCNNPredictor (serving/cgcnn_model.py) and put back in request order; each row says which registered
@@ -18,7 +18,9 @@ from serving.inputs import parse_rows
 from voltmodels.config import VoltmodelsError
 
 ARTIFACT_PREFIX = "model_"
-OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "working_ion")
+#: `mode`: "a" (a potential on both end members), "b" (a potential on the relaxed discharged structure
+#: and its derived host), "discharged" (a CGCNN on the discharged structure as given).
+OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "working_ion", "mode", "family", "potential")
 
 
 def member_checkpoint(model_dir: str | Path) -> Path:
@@ -34,9 +36,9 @@ def member_checkpoint(model_dir: str | Path) -> Path:
 
 
 class VoltageRouter:
-    """Plain-Python router over per-ion predictors: {ion: CGCNNPredictor}."""
+    """Plain-Python router over per-ion predictors: {ion: CGCNNPredictor or PotentialPredictor}."""
 
-    def __init__(self, predictors: dict[str, CGCNNPredictor]):
+    def __init__(self, predictors: dict):
         if not predictors:
             raise VoltmodelsError("the router has no member models")
         self.predictors = dict(predictors)
@@ -45,25 +47,47 @@ class VoltageRouter:
     @classmethod
     def from_members(cls, members: dict[str, dict], folders: dict[str, str]) -> VoltageRouter:
         """members: {ion: {"name", "version"}}; folders: {ion: the member's MLflow model folder}."""
-        return cls({ion: CGCNNPredictor(member_checkpoint(folders[ion]), info["name"], info["version"]) for ion, info in members.items()})
+        return cls({ion: member_predictor(folders[ion], info["name"], info["version"]) for ion, info in members.items()})
 
     def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        parsed = parse_rows(model_input, self.supported_ions)
+        frame = model_input.reset_index(drop=True)
+        parsed = parse_rows(frame, self.supported_ions)
         structures = [s for s, _ in parsed]
         ions = [ion for _, ion in parsed]
-        # Featurize every row first (each with its ion's graph settings) so one error names all bad rows.
-        graphs = graphs_for_rows(structures, [self.predictors[ion].settings for ion in ions])
+        # Featurize every CGCNN row first (each with its ion's graph settings) so one error names all bad rows.
+        graph_rows = [i for i, ion in enumerate(ions) if isinstance(self.predictors[ion], CGCNNPredictor)]
+        graphs = dict(zip(graph_rows, graphs_for_rows([structures[i] for i in graph_rows], [self.predictors[ions[i]].settings for i in graph_rows], rows=graph_rows)))
         local = bool((params or {}).get("local_voltages"))
         parts = []
         for ion in dict.fromkeys(ions):  # ions in order of first appearance
             rows = [i for i, x in enumerate(ions) if x == ion]
-            part = self.predictors[ion].predict_graphs([graphs[i] for i in rows], [structures[i] for i in rows], local_voltages=local)
+            predictor = self.predictors[ion]
+            if isinstance(predictor, CGCNNPredictor):
+                part = predictor.predict_graphs([graphs[i] for i in rows], [structures[i] for i in rows], local_voltages=local)
+                part["mode"] = "discharged"
+            else:
+                part = predictor.predict(frame.iloc[rows])
             part.index = rows
             parts.append(part)
         out = parts[0] if len(parts) == 1 else pd.concat(parts)
         out = out.sort_index()
         out["working_ion"] = ions
-        return out.reset_index(drop=True)
+        columns = [*OUTPUT_COLUMNS, *(["local_voltages"] if "local_voltages" in out.columns else [])]
+        return out.reindex(columns=columns).reset_index(drop=True)
+
+
+def member_predictor(model_dir: str | Path, name: str, version: str):
+    """The predictor of a member's MLflow model folder: a CGCNN or a universal-potential family."""
+    from mlflow.models import Model
+
+    from serving.potential_model import FAMILY_ARTIFACT, REGRESSOR_ARTIFACT, PotentialPredictor
+
+    model_dir = Path(model_dir)
+    artifacts = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {}).get("artifacts") or {}
+    if FAMILY_ARTIFACT in artifacts:
+        regressor = artifacts.get(REGRESSOR_ARTIFACT, {}).get("path")
+        return PotentialPredictor(model_dir / artifacts[FAMILY_ARTIFACT]["path"], model_dir / regressor if regressor else None, name, version)
+    return CGCNNPredictor(member_checkpoint(model_dir), name, version)
 
 
 class VoltageRouterModel(mlflow.pyfunc.PythonModel):
@@ -92,7 +116,8 @@ def router_input_example(folders: dict[str, str], per_ion: int = 1) -> pd.DataFr
     for ion, folder in folders.items():
         example = Model.load(str(Path(folder) / "MLmodel")).load_input_example(folder)
         if isinstance(example, pd.DataFrame) and {"structure", "working_ion"} <= set(example.columns):
-            frames.append(example[["structure", "working_ion"]].head(per_ion))
+            own = example[example["working_ion"] == ion]
+            frames.append((own if len(own) else example)[["structure", "working_ion"]].head(per_ion))
     if not frames:
         raise VoltmodelsError("none of the member models has a logged input example with structure and working_ion columns")
     return pd.concat(frames, ignore_index=True)
@@ -104,19 +129,29 @@ def log_router_model(members: dict[str, dict], folders: dict[str, str], register
     members: {ion: {"name", "version", ...}} (stored as model_config, read at load time);
     folders: {ion: local MLflow model folder of that member}.
     """
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    from serving import potential_model
 
     input_example = router_input_example(folders)
-    output_example = pd.DataFrame(
-        {"voltage": [3.0], "voltage_lower": [2.5], "voltage_upper": [3.5], "model_name": ["voltage-cgcnn-Li"], "model_version": ["1"], "working_ion": ["Li"]}
+    string, double = DataType.string, DataType.double
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(string, "structure"), ColSpec(string, "working_ion"), ColSpec(string, "structure_charged", required=False)]),
+        outputs=Schema(
+            [ColSpec(double, c) for c in ("voltage", "voltage_lower", "voltage_upper")]
+            + [ColSpec(string, c) for c in ("model_name", "model_version", "working_ion", "mode")]
+            + [ColSpec(string, c, required=False) for c in ("family", "potential", "local_voltages")]
+        ),
+        params=ParamSchema([ParamSpec("local_voltages", DataType.boolean, False)]),
     )
-    signature = infer_signature(input_example, output_example, params={"local_voltages": False})
+    uses_potential = any(isinstance(member_predictor(f, "", ""), potential_model.PotentialPredictor) for f in folders.values())
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=VoltageRouterModel(),
         artifacts={ARTIFACT_PREFIX + ion: str(folder) for ion, folder in folders.items()},
         code_paths=PACKAGE_DIRS,
-        pip_requirements=pip_requirements(),
+        pip_requirements=potential_model.pip_requirements() if uses_potential else pip_requirements(),
         signature=signature,
         input_example=input_example,
         model_config={"router_name": registered_name, "router_version": next_version, "models": members},

@@ -133,3 +133,24 @@ def router_champion(li_champion, isolated_tracking) -> str:
     """`models:/voltage-predictor@champion` built (pipelines.router) from the session's champions."""
     run_entry_point("pipelines.router", cwd=isolated_tracking)
     return "models:/voltage-predictor@champion"
+
+
+def real_subset_snapshot(folder: Path, snapshot_dir: Path, ions=("Li", "Mg"), per_ion: int = 14, max_sites: int = 16) -> Path:
+    """A snapshot of real MP electrodes (both end members present, small cells), for potential tests."""
+    table = pd.read_csv(snapshot_dir / "mp_electrodes.csv")
+    with gzip.open(snapshot_dir / "mp_electrode_structures_compact.json.gz", "rt") as fh:
+        structures = json.load(fh)
+    picked = []
+    for ion in ions:
+        rows = table[(table["working_ion"] == ion) & table["id_charge"].isin(list(structures)) & table["id_discharge"].isin(list(structures))]
+        small = rows[[len(structures[d]["species"]) <= max_sites and len(structures[c]["species"]) <= max_sites for d, c in zip(rows["id_discharge"], rows["id_charge"])]]
+        small = small[(small["average_voltage"] - small["average_voltage_sondrt"]).abs().fillna(0) < 0.5]
+        picked.append(small.sort_values("battery_id").head(per_ion))
+    subset = pd.concat(picked, ignore_index=True)
+    ids = set(subset["id_discharge"]) | set(subset["id_charge"])
+    return write_snapshot(folder, subset, {m: structures[m] for m in sorted(ids)})
+
+
+@pytest.fixture(scope="session")
+def real_subset(snapshot_dir, tmp_path_factory) -> Path:
+    return real_subset_snapshot(tmp_path_factory.mktemp("real_subset") / "snapshot", snapshot_dir)

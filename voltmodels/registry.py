@@ -20,6 +20,11 @@ def baseline_name(kind: str, ion: str) -> str:
     return f"voltage-{kind}-{ion}"
 
 
+def potential_name(ion: str) -> str:
+    """Every universal-potential family of one ion competes under this name (the family is a tag)."""
+    return f"voltage-uip-{ion}"
+
+
 def champion_version(name: str):
     """The version behind `name@champion`, or None when the model or alias does not exist yet."""
     try:
@@ -40,7 +45,10 @@ def register(model_uri: str, name: str, val_mae: float, tags: dict, description:
         client.update_model_version(name, version.version, description=description)
     client.set_model_version_tag(name, version.version, "val_mae", f"{val_mae:.6f}")
     current_mae = float(current.tags.get("val_mae", "inf")) if current is not None else float("inf")
-    promote = val_mae < current_mae
+    # Validation MAEs are comparable only on the same curated data: a champion of another dataset
+    # digest is replaced, not compared.
+    comparable = current is None or current.tags.get("dataset_digest") == str(tags.get("dataset_digest", current.tags.get("dataset_digest")))
+    promote = val_mae < current_mae or not comparable
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version.version)
     client.set_model_version_tag(name, version.version, "champion_at_registration", str(promote).lower())

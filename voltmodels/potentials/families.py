@@ -182,8 +182,9 @@ def evaluate(
     ions: Sequence[str] | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Records (ion, split, repeat, method, metrics, coverage) and repeat-0 test predictions.
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, FamilyModel]]:
+    """Records (ion, split, repeat, method, metrics, coverage), repeat-0 val/test predictions, and the
+    models of random repeat 0 (fitted on its train rows, calibrated on its val rows: what gets registered).
 
     Repeat k of strategy s uses `dataset.split(ion, s, k)` for every ion, the same rows as the CGCNN
     and the baselines; the pooled families train on the union of every ion's train rows.
@@ -191,40 +192,47 @@ def evaluate(
     from voltmodels.baselines import regression_metrics
 
     ions = list(ions or dataset.ions)
-    records, predictions = [], []
-    for strategy in strategies:
-        for repeat in range(n_repeats):
-            rows = pd.concat([dataset.split(ion, strategy, repeat) for ion in dataset.ions], ignore_index=True)
-            inputs = inputs_of(rows)
-            X = features.loc[rows["id_discharge"]].to_numpy(np.float64)
-            y = rows["average_voltage"].to_numpy(np.float64)
-            row_ions = rows["working_ion"].to_numpy()
-            part = rows["split"].to_numpy()
+    records, predictions, final = [], [], {}
+    plan = [(s, k) for s in strategies for k in range(n_repeats)]
+    if ("random", 0) not in plan:
+        plan.insert(0, ("random", 0))
+    for strategy, repeat in plan:
+        rows = pd.concat([dataset.split(ion, strategy, repeat) for ion in dataset.ions], ignore_index=True)
+        inputs = inputs_of(rows)
+        X = features.loc[rows["id_discharge"]].to_numpy(np.float64)
+        y = rows["average_voltage"].to_numpy(np.float64)
+        row_ions = rows["working_ion"].to_numpy()
+        part = rows["split"].to_numpy()
 
-            def take(mask):
-                return PotentialInputs(inputs.v_uip[mask], inputs.energies[mask], inputs.embeddings[mask], [e for e, m in zip(inputs.errors, mask) if m]), X[mask], row_ions[mask], y[mask]
+        def take(mask):
+            return PotentialInputs(inputs.v_uip[mask], inputs.energies[mask], inputs.embeddings[mask], [e for e, m in zip(inputs.errors, mask) if m]), X[mask], row_ions[mask], y[mask]
 
-            for family in families:
-                started = time.perf_counter()
-                model = fit_family(family, *take(part == "train"), seed=seed + repeat)
-                calibrate(model, *take(part == "val"))
-                seconds = time.perf_counter() - started
-                predicted = model.predict(inputs, X, row_ions)
-                half = model.interval(row_ions)
-                for ion in ions:
-                    record = {"ion": ion, "split": strategy, "repeat": repeat, "method": family, "seconds": seconds}
-                    for name in ("train", "val", "test"):
-                        mask = (row_ions == ion) & (part == name)
-                        record[f"n_{name}"] = int(mask.sum())
-                        if name != "train" and mask.any():
-                            record.update({f"{name}_{k}": v for k, v in regression_metrics(y[mask], predicted[mask]).items()})
-                    test = (row_ions == ion) & (part == "test")
-                    record["test_coverage"] = float(np.mean(np.abs(y[test] - predicted[test]) <= half[test])) if test.any() else np.nan
-                    record["test_no_potential"] = int((~np.isfinite(inputs.v_uip[test])).sum())
-                    records.append(record)
-                    if repeat == 0:
-                        predictions.append(pd.DataFrame({"split": strategy, "method": family, "ion": ion, "battery_id": rows.loc[test, "battery_id"], "true": y[test], "predicted": predicted[test], "half_width": half[test]}))
-                if log is not None:
-                    mean = np.mean([r["test_mae"] for r in records[-len(ions):] if "test_mae" in r])
-                    log(f"{strategy} repeat {repeat} {family}: mean per-ion test MAE {mean:.3f} V ({seconds:.1f} s)")
-    return pd.DataFrame(records), (pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame())
+        for family in families:
+            started = time.perf_counter()
+            model = fit_family(family, *take(part == "train"), seed=seed + repeat)
+            calibrate(model, *take(part == "val"))
+            seconds = time.perf_counter() - started
+            if (strategy, repeat) == ("random", 0):
+                final[family] = model
+            if strategy not in strategies:
+                continue
+            predicted = model.predict(inputs, X, row_ions)
+            half = model.interval(row_ions)
+            for ion in ions:
+                record = {"ion": ion, "split": strategy, "repeat": repeat, "method": family, "seconds": seconds}
+                for name in ("train", "val", "test"):
+                    mask = (row_ions == ion) & (part == name)
+                    record[f"n_{name}"] = int(mask.sum())
+                    if name != "train" and mask.any():
+                        record.update({f"{name}_{k}": v for k, v in regression_metrics(y[mask], predicted[mask]).items()})
+                for name in ("val", "test") if repeat == 0 else ():
+                    mask = (row_ions == ion) & (part == name)
+                    predictions.append(pd.DataFrame({"split": strategy, "method": family, "ion": ion, "part": name, "battery_id": rows.loc[mask, "battery_id"], "true": y[mask], "predicted": predicted[mask], "half_width": half[mask]}))
+                test = (row_ions == ion) & (part == "test")
+                record["test_coverage"] = float(np.mean(np.abs(y[test] - predicted[test]) <= half[test])) if test.any() else np.nan
+                record["test_no_potential"] = int((~np.isfinite(inputs.v_uip[test])).sum())
+                records.append(record)
+            if log is not None:
+                mean = np.mean([r["test_mae"] for r in records[-len(ions):] if "test_mae" in r])
+                log(f"{strategy} repeat {repeat} {family}: mean per-ion test MAE {mean:.3f} V ({seconds:.1f} s)")
+    return pd.DataFrame(records), (pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()), final

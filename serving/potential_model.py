@@ -1,0 +1,187 @@
+"""The universal-potential families (voltmodels.potentials.families) as an MLflow pyfunc.
+
+Request: `structure` (the discharged, ion-containing structure: CIF, POSCAR or Structure JSON) and
+`working_ion`, plus an optional `structure_charged`. With it, the voltage comes from static energies
+of both end members (mode a); without it, the charged host is the structure without its working-ion
+atoms and both are relaxed with the potential first (mode b, seconds per row). Every output row says
+which model, family, potential and mode answered, with the 90 % conformal interval.
+
+Artifacts: `family` (JSON: the family's parameters, the potential's identity, the metal references,
+interval half-widths) and, for the trained families, `regressor` (a joblib file whose SHA-256 is in
+the JSON and checked before it is loaded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from serving.inputs import invalid, parse_rows
+from voltmodels.config import VoltmodelsError
+
+FAMILY_ARTIFACT = "family"
+REGRESSOR_ARTIFACT = "regressor"
+FORMAT_VERSION = 1
+OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "working_ion", "family", "potential", "mode")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class PotentialPredictor:
+    """One fitted family as plain Python (shared by the pyfunc and the router)."""
+
+    def __init__(self, family_json: str | Path, regressor_path: str | Path | None = None, model_name: str | None = None, model_version: str = ""):
+        from voltmodels.potentials.calculators import potential_key
+        from voltmodels.potentials.compute import RelaxSettings
+        from voltmodels.potentials.families import FamilyModel
+
+        meta = json.loads(Path(family_json).read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise VoltmodelsError(f"{family_json} has format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}; re-log the model")
+        regressor = None
+        if meta.get("regressor_sha256"):
+            if regressor_path is None or _sha256(Path(regressor_path)) != meta["regressor_sha256"]:
+                raise VoltmodelsError(f"the regressor of {meta['registered_name']} does not match the SHA-256 recorded when it was logged; refusing to load it")
+            import joblib
+
+            regressor = joblib.load(regressor_path)
+        if potential_key(meta["potential"]) != meta["potential_key"]:
+            # A different package release or weights file would give other energies than the model learned from.
+            raise VoltmodelsError(f"{meta['registered_name']} was fitted with {meta['potential_key']}, but this environment has {potential_key(meta['potential'])}")
+        self.meta = meta
+        self.model = FamilyModel(meta["family"], {k: tuple(v) for k, v in meta["recal"].items()}, regressor, meta["fallback"], meta["half_width"])
+        self.supported_ions = list(meta["ions"])
+        self.relax_settings = RelaxSettings(**meta["relax_settings"])
+        self.model_name = model_name or meta["registered_name"]
+        self.model_version = str(model_version or "")
+
+    def predict(self, frame: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from voltmodels.baselines import featurize_structures
+        from voltmodels.data.structures import parse_structure
+        from voltmodels.potentials.electrodes import Electrode, electrode_inputs
+
+        parsed = parse_rows(frame, self.supported_ions)
+        charged_column = frame["structure_charged"] if "structure_charged" in frame.columns else [None] * len(frame)
+        electrodes, problems = [], []
+        for row, (structure, ion), charged in zip(frame.index, parsed, charged_column):
+            if charged is not None and not (isinstance(charged, float) and np.isnan(charged)) and str(charged).strip():
+                try:
+                    charged = parse_structure(charged)
+                except VoltmodelsError as exc:
+                    problems.append(f"row {row}: structure_charged: {exc}")
+                    continue
+            else:
+                charged = None
+            electrodes.append(Electrode(ion, structure, charged))
+        if problems:
+            raise invalid("Invalid input: " + "; ".join(problems) + ".")
+        ions = [e.ion for e in electrodes]
+        inputs = electrode_inputs(electrodes, self.meta["potential"], self.relax_settings, embedding_dim=self.meta.get("embedding_dim"))
+        failed = [f"row {row}: {error}" for row, error, v in zip(frame.index, inputs.errors, inputs.v_uip) if error and not np.isfinite(v)]
+        if failed and self.model.family in ("uip", "uip_recal"):
+            raise invalid("The potential gave no voltage: " + "; ".join(failed) + ".")
+        features = featurize_structures([e.discharged for e in electrodes]) if self.model.family == "uip_delta" else np.zeros((len(electrodes), 0))
+        voltage = self.model.predict(inputs, features, ions)
+        half = self.model.interval(ions)
+        return pd.DataFrame(
+            {
+                "voltage": voltage,
+                "voltage_lower": voltage - half,
+                "voltage_upper": voltage + half,
+                "model_name": self.model_name,
+                "model_version": self.model_version,
+                "working_ion": ions,
+                "family": self.model.family,
+                "potential": self.meta["potential"],
+                "mode": ["a" if e.charged is not None else "b" for e in electrodes],
+            },
+            index=frame.index,
+        )
+
+
+class PotentialVoltageModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from voltmodels.config import set_torch_threads
+
+        set_torch_threads()
+        config = context.model_config or {}
+        self.predictor = PotentialPredictor(context.artifacts[FAMILY_ARTIFACT], context.artifacts.get(REGRESSOR_ARTIFACT), config.get("model_name"), config.get("model_version", ""))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return self.predictor.predict(model_input.reset_index(drop=True), params)
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    from serving.cgcnn_model import pip_requirements as base
+
+    package = {"sevennet-0": "sevenn", "chgnet": "chgnet"}
+    extra = [f"{p}=={version(p)}" for p in sorted(set(package.values()))]
+    return [*base(), f"matminer=={version('matminer')}", f"ase=={version('ase')}", *extra]
+
+
+def family_metadata(model, *, potential: str, registered_name: str, ions, relax_settings, embedding_dim: int, metrics: dict) -> dict:
+    from dataclasses import asdict
+
+    from voltmodels.baselines import feature_set_key
+    from voltmodels.potentials.calculators import potential_key
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "family": model.family,
+        "registered_name": registered_name,
+        "potential": potential,
+        "potential_key": potential_key(potential),
+        "ions": sorted(ions),
+        "recal": {k: list(v) for k, v in model.recal.items()},
+        "fallback": model.fallback,
+        "half_width": model.half_width,
+        "relax_settings": asdict(relax_settings),
+        "embedding_dim": embedding_dim,
+        "feature_set_key": feature_set_key(),
+        "metrics": metrics,
+    }
+
+
+def log_potential_model(model, meta: dict, input_example: pd.DataFrame, name: str):
+    """Log a fitted FamilyModel as a pyfunc in the active run; returns MLflow's ModelInfo."""
+    from mlflow.models import infer_signature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    from serving.cgcnn_model import PACKAGE_DIRS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = {}
+        if model.regressor is not None:
+            import joblib
+
+            path = Path(tmp) / "regressor.joblib"
+            joblib.dump(model.regressor, path)
+            meta = {**meta, "regressor_sha256": _sha256(path)}
+            artifacts[REGRESSOR_ARTIFACT] = str(path)
+        family_path = Path(tmp) / "family.json"
+        family_path.write_text(json.dumps(meta, indent=2))
+        artifacts[FAMILY_ARTIFACT] = str(family_path)
+        output = PotentialPredictor(family_path, artifacts.get(REGRESSOR_ARTIFACT)).predict(input_example)
+        signature = infer_signature(input_example, output)
+        # structure_charged is optional: without it a row is answered in mode (b).
+        signature.inputs = Schema([ColSpec(DataType.string, "structure"), ColSpec(DataType.string, "working_ion"), ColSpec(DataType.string, "structure_charged", required=False)])
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=PotentialVoltageModel(),
+            artifacts=artifacts,
+            code_paths=PACKAGE_DIRS,
+            pip_requirements=pip_requirements(),
+            signature=signature,
+            input_example=input_example,
+            model_config={"model_name": meta["registered_name"], "model_version": ""},
+        )

@@ -1,6 +1,7 @@
 """Entry point `main`: the whole study in one command, reusing steps that already ran.
 
-curate -> train_li -> baselines (all ions) -> transfer (all ions) -> interpret -> router.
+curate -> train_li -> baselines (all ions) -> transfer (all ions) -> uip (universal-potential families)
+-> interpret -> router (per ion the better champion of CGCNN and potential families).
 Baselines run before transfer so that the transfer comparison tables include them. A step is
 reused when a FINISHED run of the same entry point with the same parameters and the same source
 version exists (MLflow's multistep-workflow pattern); otherwise it is launched with
@@ -28,6 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", default="0")
     p.add_argument("--interpret-ions", default="Li,Mg,Zn,Al")
     p.add_argument("--multi-ion", default="true", choices=["true", "false"], help="transfer also compares the shared multi-ion model")
+    p.add_argument("--potential", default="sevennet-0", help="universal potential(s) of the uip step; 'none' leaves the step out")
     return p.parse_args(argv)
 
 
@@ -83,11 +85,14 @@ def main(argv=None) -> None:
         steps["train_li"] = get_or_run("train_li", common, version)
         steps["baselines"] = get_or_run("baselines", {**common, "ion": "all"}, version)
         steps["transfer"] = get_or_run("transfer", {**common, "ion": "all", "multi_ion": args.multi_ion}, version)
+        if args.potential.strip().lower() != "none":
+            steps["uip"] = get_or_run("uip", {**common, "potential": args.potential}, version)
         if "interpret" in _entry_points():
             for ion in [i.strip() for i in args.interpret_ions.split(",") if i.strip()]:
                 steps[f"interpret_{ion}"] = get_or_run("interpret", {"ion": ion, "dataset": curate}, version)
         if "router" in _entry_points():
-            steps["router"] = get_or_run("router", {}, version)
+            upstream = ",".join(steps[k] for k in ("train_li", "transfer", "uip") if k in steps)
+            steps["router"] = get_or_run("router", {"upstream": upstream}, version)
         mlflow.log_dict(steps, "steps.json")
         print(f"[main] done: {steps}; main run {run.info.run_id}")
 

@@ -29,6 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ions", default="all", help="comma-separated ions to include, or 'all' (every ion with a champion)")
     p.add_argument("--register", default="true", choices=["true", "false"])
     p.add_argument("--promote", default="true", choices=["true", "false"], help="move voltage-predictor@champion to the new version")
+    p.add_argument("--upstream", default="", help="run ids of the steps that registered the members (recorded; main's reuse key)")
     return p.parse_args(argv)
 
 
@@ -87,7 +88,7 @@ def main(argv=None) -> str | None:
 
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with step_run("router", {"ions": args.ions, "register": args.register, "promote": args.promote}) as run:
+    with step_run("router", {"ions": args.ions, "register": args.register, "promote": args.promote, "upstream": args.upstream}) as run:
         champions = champion_members(args.ions)
         members = {}
         for ion, v in champions.items():

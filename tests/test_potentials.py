@@ -1,0 +1,215 @@
+"""Universal-potential voltages: the energy -> voltage arithmetic, the potential cache, the `uip` entry
+point on real MP electrodes, and a served model answering modes (a) and (b)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from voltmodels.config import VoltmodelsError
+from voltmodels.potentials.compute import charged_host
+from voltmodels.potentials.voltage import average_voltage
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------------------------------
+# energies -> voltage (hand-checked)
+
+
+def test_lifepo4_voltage_per_formula_unit_and_per_cell():
+    # V = -[E(LiFePO4) - E(FePO4) - mu_Li] / 1 = -(-45 + 40 + 1.9) = 3.1 V
+    assert average_voltage("FePO4", -40.0, "LiFePO4", -45.0, "Li", -1.9) == pytest.approx(3.1)
+    # The same energies per 4-formula-unit cell: the host normalization makes it the same voltage.
+    assert average_voltage("Fe4P4O16", -160.0, "Li4Fe4P4O16", -180.0, "Li", -1.9) == pytest.approx(3.1)
+    # Cells of different sizes for the two end members.
+    assert average_voltage("FePO4", -40.0, "Li4Fe4P4O16", -180.0, "Li", -1.9) == pytest.approx(3.1)
+
+
+def test_multivalent_voltages_divide_by_the_ion_valence():
+    # Mg2+: Mo6S8 -> MgMo6S8, V = -(-55 + 50 + 1.5) / 2 = 1.75 V
+    assert average_voltage("Mo6S8", -50.0, "MgMo6S8", -55.0, "Mg", -1.5) == pytest.approx(1.75)
+    # Al3+: V2O5 -> AlV2O5, V = -(-54 + 50 + 3.7) / 3 = 0.1 V
+    assert average_voltage("V2O5", -50.0, "AlV2O5", -54.0, "Al", -3.7) == pytest.approx(0.1)
+    # A charged state that still holds ions (x1 > 0): Li0.5CoO2 -> LiCoO2, 0.5 Li per CoO2 transferred.
+    # V = -[(-20) - (-18.5) - 0.5 * (-1.9)] / 0.5 = 1.1 V
+    assert average_voltage("Li0.5CoO2", -18.5, "LiCoO2", -20.0, "Li", -1.9) == pytest.approx(1.1)
+
+
+def test_end_members_of_different_hosts_are_one_clear_sentence():
+    with pytest.raises(VoltmodelsError, match="FePO4 -> LiMnPO4: the specified entries must have the same compositional framework"):
+        average_voltage("FePO4", -40.0, "LiMnPO4", -45.0, "Li", -1.9)
+
+
+def test_charged_host_removes_every_working_ion():
+    s = Structure(Lattice.cubic(4.2), ["Mg", "Mg", "O", "O"], [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0], [0, 0.5, 0]])
+    host = charged_host(s, "Mg")
+    assert host.composition.reduced_formula == "O2"
+    with pytest.raises(VoltmodelsError, match="holds no Li atoms"):
+        charged_host(s, "Li")
+
+
+def test_potentials_by_name():
+    from voltmodels.potentials.calculators import potential_key, split_name
+
+    assert potential_key("sevennet-0").startswith("sevennet-0@sevenn-")
+    with pytest.raises(VoltmodelsError, match="downloads its weights at run time; name a local weights file as mace:/path"):
+        split_name("mace")
+    with pytest.raises(VoltmodelsError, match="weights file /nonexistent.model of potential 'mace' does not exist"):
+        split_name("mace:/nonexistent.model")
+    with pytest.raises(VoltmodelsError, match="unknown potential 'dft'"):
+        split_name("dft")
+
+
+def test_a_weights_file_is_part_of_the_cache_key(tmp_path):
+    from voltmodels.potentials.calculators import potential_key
+
+    first, second = tmp_path / "a.pth", tmp_path / "b.pth"
+    first.write_bytes(b"weights 1")
+    second.write_bytes(b"weights 2")
+    pytest.importorskip("sevenn")
+    assert potential_key(f"sevennet:{first}") != potential_key(f"sevennet:{second}")
+
+
+# --------------------------------------------------------------------------------------------------
+# real potential on real electrodes
+
+
+@pytest.fixture(scope="module")
+def subset_dataset(real_subset, tmp_path_factory):
+    from voltmodels.data.curation import CurationParams, curate
+    from voltmodels.data.dataset import CuratedDataset, save_dataset
+    from voltmodels.data.sources import load_snapshot
+
+    folder = tmp_path_factory.mktemp("subset_dataset")
+    save_dataset(curate(load_snapshot(real_subset), CurationParams()), folder, "test")
+    return CuratedDataset(folder)
+
+
+def test_curated_dataset_keeps_both_end_members(subset_dataset):
+    ids = set(subset_dataset.compact_structures)
+    assert set(subset_dataset.table["id_charge"]) <= ids and set(subset_dataset.table["id_discharge"]) <= ids
+
+
+def test_sevennet_zero_shot_on_real_electrodes_and_cache(subset_dataset, tmp_path, monkeypatch):
+    pytest.importorskip("sevenn")
+    from voltmodels.potentials import compute
+    from voltmodels.potentials.cache import PotentialCache
+    from voltmodels.potentials.electrodes import DatasetInputs
+
+    cache = PotentialCache(tmp_path / "potentials.sqlite")
+    first = DatasetInputs(subset_dataset, "sevennet-0", "a", cache=cache)
+    rows = subset_dataset.table
+    v = first(rows).v_uip
+    assert np.isfinite(v).all(), first.inputs.errors
+    # Zero-shot SevenNet-0 is close to MP's DFT voltage on these electrodes (MPtrj holds many of them).
+    assert np.median(np.abs(v - rows["average_voltage"].to_numpy())) < 0.3
+    assert first.inputs.embeddings.shape == (len(rows), 256) and np.isfinite(first.inputs.embeddings).all()
+
+    def never(*args, **kwargs):
+        raise AssertionError("the potential was loaded although every energy is in the cache")
+
+    monkeypatch.setattr(compute, "load_potential", never)
+    again = DatasetInputs(subset_dataset, "sevennet-0", "a", cache=cache)
+    assert np.allclose(again(rows).v_uip, v)
+
+
+def test_families_fit_and_calibrate(subset_dataset):
+    from voltmodels import baselines as bl
+    from voltmodels.potentials.electrodes import DatasetInputs
+    from voltmodels.potentials.families import FAMILIES, conformal_half_width, evaluate
+
+    inputs = DatasetInputs(subset_dataset, "sevennet-0", "a")
+    features = bl.dataset_features(subset_dataset)
+    records, predictions, final = evaluate(subset_dataset, inputs, features, FAMILIES, ("random",), 1, log=None)
+    assert set(final) == set(FAMILIES) and set(records["method"]) == set(FAMILIES)
+    assert records["test_mae"].notna().all()
+    zero_shot = records[records["method"] == "uip"].set_index("ion")["test_mae"]
+    assert (zero_shot < 1.0).all()
+    # The conformal quantile: with n residuals, the ceil((n + 1) 0.9)-th smallest; too few -> infinite.
+    assert conformal_half_width(np.arange(1.0, 20.0)) == 18.0
+    assert conformal_half_width(np.array([0.1, 0.2])) == float("inf")
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point + served model (real `mlflow models serve`)
+
+
+def _run(module: str, *args: str, env: dict, cwd: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{module} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def uip_store(real_subset, tmp_path_factory):
+    """Its own tracking store (the session store's `latest` dataset must stay the full one)."""
+    pytest.importorskip("sevenn")
+    root = tmp_path_factory.mktemp("uip_store")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "VOLTMODELS_TORCH_THREADS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
+    _run("pipelines.curate", "--snapshot", str(real_subset), env=env, cwd=root)
+    out = _run("pipelines.uip", "--profile", "quick", "--split", "random", env=env, cwd=root)
+    _run("pipelines.router", env=env, cwd=root)
+    return root, env, out
+
+
+def test_uip_entry_point_registers_every_family(uip_store):
+    root, env, out = uip_store
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        client = MlflowClient()
+        for ion in ("Li", "Mg"):
+            versions = client.search_model_versions(f"name = 'voltage-uip-{ion}'")
+            assert {v.tags["family"] for v in versions} == {"uip", "uip_recal", "uip_delta", "uip_head"}
+            champion = client.get_model_version_by_alias(f"voltage-uip-{ion}", "champion")
+            assert champion.tags["potential"] == "sevennet-0" and champion.tags["selection_rule"].startswith("val_mae")
+        router = client.get_model_version_by_alias("voltage-predictor", "champion")
+        assert router.tags["member_Li"].startswith("voltage-uip-Li:")
+    finally:
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    assert "random sevennet-0       uip  Li" in out
+
+
+def test_served_router_answers_modes_a_and_b(uip_store, real_subset):
+    import requests
+
+    from serving.processes import ServerProcess, free_port
+
+    root, env, _ = uip_store
+    table = pd.read_csv(real_subset / "mp_electrodes.csv")
+    with gzip.open(real_subset / "mp_electrode_structures_compact.json.gz", "rt") as fh:
+        structures = json.load(fh)
+    row = table[table["working_ion"] == "Mg"].iloc[0]
+    discharged, charged = json.dumps(structures[row["id_discharge"]]), json.dumps(structures[row["id_charge"]])
+    port = free_port()
+    serve_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/voltage-predictor@champion", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
+    with ServerProcess(cmd, port, root, serve_env, root / "serve.log") as server:
+        body = {"dataframe_split": {"columns": ["structure", "working_ion", "structure_charged"], "data": [[discharged, "Mg", charged], [discharged, "Mg", None]]}}
+        response = requests.post(server.url + "/invocations", json=body, timeout=300)
+        assert response.status_code == 200, response.text
+        out = pd.DataFrame(response.json()["predictions"])
+        assert list(out["mode"]) == ["a", "b"]
+        assert (out["model_name"] == "voltage-uip-Mg").all() and out["potential"].eq("sevennet-0").all()
+        assert abs(out["voltage"].iloc[0] - row["average_voltage"]) < 0.5
+        assert (out["voltage_lower"] <= out["voltage"]).all()
+        # Without the optional column every row is mode (b); a bad charged structure is a 400 naming the row.
+        plain = requests.post(server.url + "/invocations", json={"dataframe_split": {"columns": ["structure", "working_ion"], "data": [[discharged, "Mg"]]}}, timeout=300)
+        assert plain.status_code == 200 and plain.json()["predictions"][0]["mode"] == "b"
+        bad = requests.post(server.url + "/invocations", json={"dataframe_split": {"columns": ["structure", "working_ion", "structure_charged"], "data": [[discharged, "Mg", "not a structure"]]}}, timeout=60)
+        assert bad.status_code == 400 and "row 0: structure_charged: could not parse CIF" in bad.json()["message"]

@@ -20,7 +20,7 @@ from voltmodels.potentials.cache import PotentialCache
 from voltmodels.potentials.compute import RelaxSettings, charged_host, relax, static_energies
 from voltmodels.potentials.families import PotentialInputs
 from voltmodels.potentials.references import metal_energy_per_atom
-from voltmodels.potentials.voltage import average_voltage
+from voltmodels.potentials.voltage import average_voltage, transfer_normalization
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ def electrode_inputs(
     dims = {len(r.embedding) for r in energies.values() if r.embedding is not None}
     d = embedding_dim or (dims.pop() if dims else 0)
     embeddings = np.full((n, 2 * d), np.nan)
+    transfer = np.full((n, d), np.nan)
     errors: list[str | None] = [None] * n
     for i, (electrode, pair) in enumerate(zip(electrodes, pairs)):
         if isinstance(pair, str):
@@ -89,7 +90,9 @@ def electrode_inputs(
         per_atom[i] = (rd.energy / rd.n_atoms, rc.energy / rc.n_atoms)
         if d and rd.embedding is not None and rc.embedding is not None and len(rd.embedding) == d:
             embeddings[i] = np.concatenate([rd.embedding, rc.embedding])
-    return PotentialInputs(v, per_atom, embeddings, errors)
+            units_c, units_d, charge = transfer_normalization(sc.composition, sd.composition, electrode.ion)
+            transfer[i] = (rd.embedding * rd.n_atoms / units_d - rc.embedding * rc.n_atoms / units_c) / charge
+    return PotentialInputs(v, per_atom, embeddings, errors, transfer)
 
 
 def _relaxed(structure, potential_name: str, settings: RelaxSettings, cache: PotentialCache):
@@ -115,6 +118,4 @@ class DatasetInputs:
         self.position = {bid: i for i, bid in enumerate(rows["battery_id"])}
 
     def __call__(self, rows: pd.DataFrame) -> PotentialInputs:
-        idx = np.array([self.position[b] for b in rows["battery_id"]])
-        x = self.inputs
-        return PotentialInputs(x.v_uip[idx], x.energies[idx], x.embeddings[idx], [x.errors[i] for i in idx])
+        return self.inputs.take(np.array([self.position[b] for b in rows["battery_id"]], dtype=int))

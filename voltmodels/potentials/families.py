@@ -5,8 +5,9 @@
   uip_delta    Delta-learning: gradient-boosted trees learn V_DFT - V_uip from the composition
                features of the baselines, the potential's energies and its learned representation;
                one model for all ions (the ion is a feature), so data-poor ions borrow from Li
-  uip_head     foundation-model transfer: the potential's frozen atomic representation (mean over
-               atoms of both end members) under a small trained voltage head (MLP), all ions together
+  uip_head     foundation-model transfer: the potential's frozen atomic representation, differenced
+               between the end members like the energies are, under a trained linear voltage head
+               (ridge), all ions together
 
 Every family is fitted on the train rows only; its 90 % interval half-width is the conformal
 quantile of |residual| on the ion's validation rows, which no fit or selection of the family used.
@@ -40,13 +41,22 @@ class PotentialInputs:
     """What a family reads of one set of electrodes, aligned with its rows.
 
     v_uip: (n,) zero-shot voltage (NaN where the potential gave none); energies: (n, 2) eV/atom of the
-    discharged and charged end members; embeddings: (n, 2 d) mean atomic representation of both.
+    discharged and charged end members; embeddings: (n, 2 d) mean atomic representation of both;
+    transfer: (n, d) the representation's change per unit of charge moved,
+    [sum_atoms h(discharged) / host units - sum_atoms h(charged) / host units] / (dx z): the same
+    difference the voltage takes of the energies, which the potential reads out of h atom by atom.
     """
 
     v_uip: np.ndarray
     energies: np.ndarray
     embeddings: np.ndarray
     errors: list[str | None]
+    transfer: np.ndarray | None = None
+
+    def take(self, mask) -> "PotentialInputs":
+        transfer = None if self.transfer is None else self.transfer[mask]
+        errors = [e for e, m in zip(self.errors, np.asarray(mask)) if m] if np.asarray(mask).dtype == bool else [self.errors[i] for i in mask]
+        return PotentialInputs(self.v_uip[mask], self.energies[mask], self.embeddings[mask], errors, transfer)
 
 
 def ion_onehot(ions: Sequence[str]) -> np.ndarray:
@@ -97,9 +107,9 @@ def delta_features(inputs: PotentialInputs, features: np.ndarray, ions: Sequence
 
 
 def head_features(inputs: PotentialInputs, ions: Sequence[str]) -> np.ndarray:
-    d = inputs.embeddings.shape[1] // 2
-    discharged, charged = inputs.embeddings[:, :d], inputs.embeddings[:, d:]
-    return np.hstack([discharged, discharged - charged, ion_onehot(ions)])
+    """The frozen body's representation change per charge moved, and the ion (whose metal's chemical
+    potential over z is then a learned constant): a linear head on it has the form of the voltage."""
+    return np.hstack([inputs.transfer, ion_onehot(ions)])
 
 
 def _delta_regressor(seed: int):
@@ -110,14 +120,13 @@ def _delta_regressor(seed: int):
 
 
 def _head_regressor(seed: int):
-    from sklearn.compose import TransformedTargetRegressor
     from sklearn.impute import SimpleImputer
-    from sklearn.neural_network import MLPRegressor
+    from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    mlp = MLPRegressor(hidden_layer_sizes=(128,), alpha=1e-2, learning_rate_init=1e-3, max_iter=400, early_stopping=True, validation_fraction=0.1, n_iter_no_change=20, random_state=seed)
-    return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(), TransformedTargetRegressor(regressor=mlp, transformer=StandardScaler()))
+    # A linear probe: the ridge strength is chosen by leave-one-out on the train rows only.
+    return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
 
 
 def fit_family(family: str, inputs: PotentialInputs, features: np.ndarray, ions: np.ndarray, y: np.ndarray, seed: int = 0) -> FamilyModel:
@@ -145,7 +154,7 @@ def fit_family(family: str, inputs: PotentialInputs, features: np.ndarray, ions:
         model.regressor = _head_regressor(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLP convergence notes
-            model.regressor.fit(head_features(inputs, ions), y)
+            model.regressor.fit(head_features(inputs, ions)[known], y[known])
     elif family != "uip":
         raise VoltmodelsError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
     return model
@@ -205,7 +214,7 @@ def evaluate(
         part = rows["split"].to_numpy()
 
         def take(mask):
-            return PotentialInputs(inputs.v_uip[mask], inputs.energies[mask], inputs.embeddings[mask], [e for e, m in zip(inputs.errors, mask) if m]), X[mask], row_ions[mask], y[mask]
+            return inputs.take(mask), X[mask], row_ions[mask], y[mask]
 
         for family in families:
             started = time.perf_counter()

@@ -27,3 +27,20 @@ def average_voltage(charged: Composition | str, energy_charged: float, discharge
     except ValueError as exc:  # pymatgen's sentences: "...must have the same compositional framework"
         raise VoltmodelsError(f"{Composition(charged).reduced_formula} -> {Composition(discharged).reduced_formula}: {str(exc).removeprefix('VoltagePair: ')}") from None
     return float(pair.voltage)
+
+
+def transfer_normalization(charged: Composition | str, discharged: Composition | str, ion: str) -> tuple[float, float, float]:
+    """(host formula units in the charged cell, in the discharged cell, charge moved per host formula
+    unit dx * z), with pymatgen's conventions: per reduced framework formula, z = the ion's highest
+    oxidation state. Divides a per-cell quantity the way the voltage divides the energy difference."""
+    from pymatgen.core import Element
+
+    def framework_units(composition: Composition) -> tuple[float, float]:
+        composition = Composition(composition)
+        framework = Composition({el: n for el, n in composition.items() if el.symbol != ion})
+        units = framework.get_reduced_composition_and_factor()[1]
+        return units, composition[ion] / units
+
+    n_charge, x_charge = framework_units(charged)
+    n_discharge, x_discharge = framework_units(discharged)
+    return n_charge, n_discharge, (x_discharge - x_charge) * abs(max(Element(ion).oxidation_states))

@@ -1,0 +1,176 @@
+"""Universal-potential families vs zero-shot potentials: per-ion test MAE over seeded splits, modes (a)/(b), cost.
+
+    python benchmarks/potentials.py --run --profile paper --potential sevennet-0,chgnet   # run `uip`, then print
+    python benchmarks/potentials.py                                                      # print the latest uip run
+    python benchmarks/potentials.py --mode-b 12                                          # + mode (b) on 12 test electrodes per ion
+
+Tables: test MAE (V) mean ± std over the repeats of every split strategy, per ion and over all test
+rows (row-weighted); 90 % interval coverage; the repeat-0 errors of `mp-*` and `mvc-*` electrodes
+apart (the potentials' training set MPtrj holds MP relaxations of many `mp-*` materials); how many MP
+charged states still hold ions (x1 > 0); seconds per static energy and per relaxation on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine_line  # noqa: E402
+from pipelines.common import setup_tracking  # noqa: E402
+from voltmodels.tracking import finished_runs  # noqa: E402
+
+IONS = ("Li", "Mg", "Ca", "Zn", "Al", "Na", "K", "Y")
+FAMILY_ORDER = ("uip", "uip_recal", "uip_delta", "uip_head")
+
+
+def latest_uip_run():
+    runs = finished_runs("tags.`voltmodels.step` = 'uip'", max_results=1)
+    if not runs:
+        raise SystemExit("error: no finished uip run in the tracking store; run with --run first")
+    return runs[0]
+
+
+def load_csvs(run, pattern: str) -> pd.DataFrame:
+    frames = []
+    for item in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="results"):
+        if item.path.endswith(pattern):
+            frames.append(pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{item.path}"))))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _cell(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    return f"{values.mean():.3f}" if len(values) == 1 else f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def mae_table(records: pd.DataFrame, split: str) -> pd.DataFrame:
+    records = records[records["split"] == split]
+    rows = []
+    for (potential, family), group in records.groupby(["potential", "method"], sort=False):
+        pooled = group.groupby("repeat").apply(lambda g: np.average(g["test_mae"], weights=g["n_test"]), include_groups=False)
+        row = {"potential": potential, "family": family, "all": _cell(pooled)}
+        for ion in IONS:
+            row[ion] = _cell(group.loc[group["ion"] == ion, "test_mae"])
+        row["coverage"] = f"{group['test_coverage'].mean():.2f}"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.sort_values(["potential", "family"], key=lambda c: c.map({f: i for i, f in enumerate(FAMILY_ORDER)}) if c.name == "family" else c)
+
+
+def provenance_table(predictions: pd.DataFrame) -> pd.DataFrame:
+    test = predictions[(predictions["part"] == "test") & (predictions["split"] == "random")].copy()
+    test["source"] = np.where(test["battery_id"].str.startswith("mvc-"), "mvc-*", "mp-*")
+    test["error"] = (test["true"] - test["predicted"]).abs()
+    return test.pivot_table(index="method", columns="source", values="error", aggfunc=["mean", "count"]).round(3)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def mode_b(potential: str, per_ion: int, seed: int, dataset_ref: str, families) -> pd.DataFrame:
+    """Mode (a) vs (b) on the same test electrodes of random split 0, with the repeat-0 models."""
+    from voltmodels import baselines as bl
+    from voltmodels.data.dataset import load_dataset
+    from voltmodels.potentials.cache import PotentialCache
+    from voltmodels.potentials.calculators import potential_key
+    from voltmodels.potentials.electrodes import DatasetInputs
+    from voltmodels.potentials.families import evaluate
+
+    dataset = load_dataset(dataset_ref)
+    features = bl.dataset_features(dataset)
+    full = DatasetInputs(dataset, potential, "a")
+    _, _, final = evaluate(dataset, full, features, families, ("random",), 1, log=None)
+    picked = []
+    for ion in IONS:
+        rows = dataset.split(ion, "random", 0)
+        rows = rows[rows["split"] == "test"]
+        picked.append(rows.sample(n=min(per_ion, len(rows)), random_state=seed))
+    rows = pd.concat(picked, ignore_index=True)
+    started = time.perf_counter()
+    b = DatasetInputs(dataset, potential, "b", rows=rows)
+    elapsed = time.perf_counter() - started
+    a = full(rows)
+    X = features.loc[rows["id_discharge"]].to_numpy(np.float64)
+    ions = rows["working_ion"].to_numpy()
+    y = rows["average_voltage"].to_numpy()
+    out = []
+    for family, model in final.items():
+        for mode, inputs in (("a", a), ("b", b(rows))):
+            err = np.abs(model.predict(inputs, X, ions) - y)
+            row = {"family": family, "mode": mode, "all": f"{err.mean():.3f}"}
+            row.update({ion: f"{err[ions == ion].mean():.3f}" for ion in IONS if (ions == ion).any()})
+            out.append(row)
+    failed = sum(1 for e, v in zip(b.inputs.errors, b.inputs.v_uip) if e and not np.isfinite(v))
+    with PotentialCache()._connect() as db:
+        relax_rows = db.execute("select avg(seconds), count(*), avg(n_steps), avg(converged) from relaxed where potential = ? and settings like '%\"fmax\": 0.1%'", [potential_key(potential)]).fetchone()
+    print(f"\nmode (b): {len(rows)} test electrodes ({per_ion} per ion), {failed} without a voltage; this run {elapsed:.0f} s; "
+          f"relaxations in the cache: {relax_rows[1]}, {relax_rows[0]:.1f} s each on average, {relax_rows[2]:.0f} FIRE steps, {100 * relax_rows[3]:.0f} % converged")
+    return pd.DataFrame(out)
+
+
+def cost_table(potentials) -> pd.DataFrame:
+    from voltmodels.potentials.cache import PotentialCache
+    from voltmodels.potentials.calculators import potential_key
+
+    rows = []
+    with PotentialCache()._connect() as db:
+        for p in potentials:
+            n, mean, atoms = db.execute("select count(*), avg(seconds), avg(n_atoms) from energies where potential = ? and error is null", [potential_key(p)]).fetchone()
+            rows.append({"potential": potential_key(p), "static energies cached": n, "s per structure": f"{mean:.3f}" if mean else "–", "mean atoms": f"{atoms:.1f}" if atoms else "–"})
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", action="store_true", help="run the uip entry point first")
+    p.add_argument("--profile", default="paper")
+    p.add_argument("--potential", default="sevennet-0,chgnet")
+    p.add_argument("--dataset", default="latest")
+    p.add_argument("--mode-b", type=int, default=0, help="test electrodes per ion to relax for mode (b) (0: skip)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    setup_tracking()
+    if args.run:
+        cmd = [sys.executable, "-m", "pipelines.uip", "--profile", args.profile, "--potential", args.potential, "--dataset", args.dataset]
+        subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent)
+    run = latest_uip_run()
+    records = load_csvs(run, "_repeats.csv")
+    predictions = load_csvs(run, "_predictions_repeat0.csv")
+    print(machine_line())
+    print(f"uip run {run.info.run_id}, dataset {run.data.tags.get('dataset_digest')}, {records['repeat'].nunique()} repeats per split")
+    for split in ("random", "framework"):
+        if (records["split"] == split).any():
+            print(f"\n### {split} split: test MAE (V), mean ± std over repeats, mode (a)\n")
+            print(markdown(mae_table(records, split)))
+    print("\n### random split repeat 0: mean |error| (V) and rows by id source\n")
+    print(provenance_table(predictions).to_string())
+    from voltmodels.data.dataset import load_dataset
+
+    table = load_dataset(args.dataset).table
+    holds = [ion in str(f) for ion, f in zip(table["working_ion"], table["formula_charge"])]
+    print(f"\nMP charged states that still hold the working ion (x1 > 0): {sum(holds)} of {len(table)} electrodes ({100 * np.mean(holds):.1f} %)")
+    print("\n### cost on this machine\n")
+    print(markdown(cost_table([x.strip() for x in args.potential.split(",")])))
+    if args.mode_b:
+        for potential in [x.strip() for x in args.potential.split(",")][:1]:
+            print(f"\n### mode (a) vs mode (b), {potential}: test MAE (V) on the same electrodes\n")
+            print(markdown(mode_b(potential, args.mode_b, args.seed, args.dataset, FAMILY_ORDER)))
+
+
+if __name__ == "__main__":
+    main()

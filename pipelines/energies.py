@@ -7,6 +7,7 @@ read it). Logs how many structures were computed or read, seconds per structure,
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="latest")
     p.add_argument("--potential", default=DEFAULT_POTENTIAL, help="comma list: sevennet-0, chgnet, mace:/path/weights ...")
     p.add_argument("--ions", default="all")
+    p.add_argument("--n-workers", type=lambda v: int(float(v)), default=0, help="processes computing missing energies (0: one per CPU)")
     return p.parse_args(argv)
 
 
@@ -53,7 +55,7 @@ def main(argv=None) -> None:
         mlflow.set_tag("dataset_digest", dataset.digest)
         for name in [n.strip() for n in args.potential.split(",") if n.strip()]:
             started = time.perf_counter()
-            records = static_energies({mid: dataset.compact_structures[mid] for mid in ids}, name, progress=_progress(name))
+            records = static_energies({mid: dataset.compact_structures[mid] for mid in ids}, name, progress=_progress(name), n_workers=args.n_workers or os.cpu_count())
             elapsed = time.perf_counter() - started
             table = pd.DataFrame(
                 [{"material_id": mid, "energy": r.energy, "n_atoms": r.n_atoms, "seconds": r.seconds, "error": r.error} for mid, r in records.items()]

@@ -10,7 +10,7 @@ registered as `voltage-uip-<ion>` for every ion, with that ion's validation MAE 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fmax", type=float, default=RelaxSettings.fmax, help="mode (b) relaxation force threshold, eV/Å")
     p.add_argument("--max-steps", type=as_int, default=RelaxSettings.max_steps, help="mode (b) relaxation step cap")
     p.add_argument("--register", default="true", choices=["true", "false"])
+    p.add_argument("--n-workers", type=lambda v: int(float(v)), default=0, help="processes computing missing energies (0: one per CPU)")
     return p.parse_args(argv)
 
 
@@ -95,7 +96,7 @@ def main(argv=None) -> str:
         for potential in potentials:
             tag = potential_key(potential).split("@")[0].replace(":", "_")
             started = time.perf_counter()
-            inputs = DatasetInputs(dataset, potential, "a", relax_settings=relax_settings)
+            inputs = DatasetInputs(dataset, potential, "a", relax_settings=relax_settings, n_workers=args.n_workers or os.cpu_count())
             n_missing = int((~np.isfinite(inputs.inputs.v_uip)).sum())
             mlflow.log_metrics({f"{tag}_energies_seconds": time.perf_counter() - started, f"{tag}_rows_without_voltage": n_missing})
             print(f"[uip] {potential}: zero-shot voltages for {len(inputs.position) - n_missing} of {len(inputs.position)} electrodes")

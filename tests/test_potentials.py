@@ -213,3 +213,15 @@ def test_served_router_answers_modes_a_and_b(uip_store, real_subset):
         assert plain.status_code == 200 and plain.json()["predictions"][0]["mode"] == "b"
         bad = requests.post(server.url + "/invocations", json={"dataframe_split": {"columns": ["structure", "working_ion", "structure_charged"], "data": [[discharged, "Mg", "not a structure"]]}}, timeout=60)
         assert bad.status_code == 400 and "row 0: structure_charged: could not parse CIF" in bad.json()["message"]
+
+
+def test_energies_in_worker_processes_equal_the_serial_ones(subset_dataset, tmp_path):
+    pytest.importorskip("sevenn")
+    from voltmodels.potentials.cache import PotentialCache
+    from voltmodels.potentials.compute import static_energies
+
+    structures = dict(list(subset_dataset.compact_structures.items())[:84])
+    serial = static_energies(structures, "sevennet-0", PotentialCache(tmp_path / "serial.sqlite"), n_workers=1)
+    parallel = static_energies(structures, "sevennet-0", PotentialCache(tmp_path / "parallel.sqlite"), n_workers=2)
+    assert set(parallel) == set(structures)
+    assert [parallel[m].energy for m in structures] == pytest.approx([serial[m].energy for m in structures], abs=1e-4)

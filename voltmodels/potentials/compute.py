@@ -8,6 +8,7 @@ discharged structure) use ASE's FIRE on the positions and the cell (FrechetCellF
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -23,6 +24,8 @@ from voltmodels.potentials.calculators import Potential, load_potential, potenti
 
 #: Structures written to the cache per transaction: an interrupted run keeps its work.
 _CHECKPOINT_EVERY = 25
+#: Fewer missing energies than this per worker are computed in this process (a worker costs a model load).
+_MIN_ITEMS_PER_WORKER = 40
 _CHGNET_BATCH = 16
 
 
@@ -31,8 +34,13 @@ def static_energies(
     potential_name: str,
     cache: PotentialCache | None = None,
     progress: Callable[[int, int], None] | None = None,
+    n_workers: int | None = None,
 ) -> dict[str, EnergyRecord]:
-    """{id: EnergyRecord} for {id: structure (any form parse_structure reads)}; cached ones are read."""
+    """{id: EnergyRecord} for {id: structure (any form parse_structure reads)}; cached ones are read.
+
+    Missing energies are computed in `n_workers` processes (default $VOLTMODELS_POTENTIAL_WORKERS, else
+    1), each with one torch thread, writing to the cache as they go: an interrupted run keeps its work.
+    """
     cache = cache or PotentialCache()
     key = potential_key(potential_name)
     digest_of = {mid: structure_digest(parse_structure(s)) for mid, s in structures.items()}
@@ -41,23 +49,47 @@ def static_energies(
     for mid, digest in digest_of.items():
         if digest not in found and digest not in missing:
             missing[digest] = parse_structure(structures[mid])
-    if missing:
-        potential = load_potential(potential_name)
-        pending: dict[str, EnergyRecord] = {}
-        items = list(missing.items())
-        batch = _CHGNET_BATCH if potential.name == "chgnet" else 1
-        for start in range(0, len(items), batch):
-            chunk = items[start : start + batch]
-            pending.update(_compute_chunk(potential, chunk))
-            if len(pending) >= _CHECKPOINT_EVERY:
-                cache.put_energies(key, pending)
-                found.update(pending)
-                pending = {}
-            if progress is not None:
-                progress(min(start + batch, len(items)), len(items))
-        cache.put_energies(key, pending)
-        found.update(pending)
+    n_workers = max(1, n_workers or int(os.environ.get("VOLTMODELS_POTENTIAL_WORKERS", "1") or 1))
+    items = list(missing.items())
+    if len(items) >= _MIN_ITEMS_PER_WORKER * 2 and n_workers > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        n_workers = min(n_workers, len(items) // _MIN_ITEMS_PER_WORKER)
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_compute_and_store, potential_name, items[w::n_workers], str(cache.path), w == 0) for w in range(n_workers)]
+            for future in as_completed(futures):
+                future.result()
+        found.update(cache.energies(key, missing))
+    elif items:
+        _compute_and_store(potential_name, items, cache, progress=progress)
+        found.update(cache.energies(key, missing))
     return {mid: found[digest] for mid, digest in digest_of.items()}
+
+
+def _compute_and_store(potential_name: str, items: list[tuple[str, IStructure]], cache: PotentialCache | str, report: bool = False, progress=None) -> None:
+    """Compute and cache energies of (digest, structure) items; also the body of a worker process."""
+    if not isinstance(cache, PotentialCache):  # in a worker: one torch thread, its own connection
+        from voltmodels.config import set_torch_threads
+
+        set_torch_threads(1)
+        cache = PotentialCache(cache)
+    potential = load_potential(potential_name)
+    key = potential_key(potential_name)
+    started = time.perf_counter()
+    pending: dict[str, EnergyRecord] = {}
+    batch = _CHGNET_BATCH if potential.name == "chgnet" else 1
+    for start in range(0, len(items), batch):
+        pending.update(_compute_chunk(potential, items[start : start + batch]))
+        done = min(start + batch, len(items))
+        if len(pending) >= _CHECKPOINT_EVERY:
+            cache.put_energies(key, pending)
+            pending = {}
+        if progress is not None:
+            progress(done, len(items))
+        elif report and done % 200 < batch:
+            print(f"[energies] {potential_name}: {done}/{len(items)} in this worker, {(time.perf_counter() - started) / done:.2f} s per structure", flush=True)
+    cache.put_energies(key, pending)
 
 
 def _compute_chunk(potential: Potential, chunk: list[tuple[str, IStructure]]) -> dict[str, EnergyRecord]:

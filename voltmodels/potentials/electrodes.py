@@ -38,6 +38,7 @@ def electrode_inputs(
     relax_settings: RelaxSettings = RelaxSettings(),
     cache: PotentialCache | None = None,
     embedding_dim: int | None = None,
+    n_workers: int | None = None,
 ) -> PotentialInputs:
     """PotentialInputs of electrodes, each in mode (a) when it has a charged structure, else (b).
 
@@ -61,7 +62,7 @@ def electrode_inputs(
             pairs.append((f"{i}d", f"{i}c"))
         except VoltmodelsError as exc:
             pairs.append(str(exc))
-    energies = static_energies(structures, potential_name, cache)
+    energies = static_energies(structures, potential_name, cache, n_workers=n_workers)
     references: dict[str, float] = {}
     n = len(electrodes)
     v = np.full(n, np.nan)
@@ -105,7 +106,7 @@ def _relaxed(structure, potential_name: str, settings: RelaxSettings, cache: Pot
 class DatasetInputs:
     """PotentialInputs of a curated dataset's rows in mode (a) or (b), computed once, looked up by battery_id."""
 
-    def __init__(self, dataset, potential_name: str, mode: str = "a", rows: pd.DataFrame | None = None, relax_settings: RelaxSettings = RelaxSettings(), cache: PotentialCache | None = None):
+    def __init__(self, dataset, potential_name: str, mode: str = "a", rows: pd.DataFrame | None = None, relax_settings: RelaxSettings = RelaxSettings(), cache: PotentialCache | None = None, n_workers: int | None = None):
         if mode not in ("a", "b"):
             raise VoltmodelsError(f"unknown input mode {mode!r}; use a (both end members) or b (discharged only)")
         rows = dataset.table if rows is None else rows
@@ -114,7 +115,7 @@ class DatasetInputs:
             Electrode(ion, compact[d], compact.get(c) if mode == "a" else None, missing_charged=mode == "a" and c not in compact)
             for ion, d, c in zip(rows["working_ion"], rows["id_discharge"], rows["id_charge"])
         ]
-        self.inputs = electrode_inputs(electrodes, potential_name, relax_settings, cache)
+        self.inputs = electrode_inputs(electrodes, potential_name, relax_settings, cache, n_workers=n_workers)
         self.position = {bid: i for i, bid in enumerate(rows["battery_id"])}
 
     def __call__(self, rows: pd.DataFrame) -> PotentialInputs:

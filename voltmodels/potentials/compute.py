@@ -169,6 +169,33 @@ def relax(structure: Any, potential_name: str, settings: RelaxSettings = RelaxSe
     return record
 
 
+def relax_many(structures: Mapping[str, Any], potential_name: str, settings: RelaxSettings = RelaxSettings(), cache: PotentialCache | None = None, n_workers: int | None = None) -> dict[str, RelaxRecord]:
+    """relax() of {id: structure}; relaxations not yet cached run in `n_workers` processes."""
+    cache = cache or PotentialCache()
+    key = potential_key(potential_name)
+    parsed = {k: parse_structure(v) for k, v in structures.items()}
+    todo = [(k, s) for k, s in parsed.items() if cache.relaxed(key, structure_digest(s), settings.key()) is None]
+    n_workers = max(1, n_workers or int(os.environ.get("VOLTMODELS_POTENTIAL_WORKERS", "1") or 1))
+    if n_workers > 1 and len(todo) >= 4:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        n_workers = min(n_workers, len(todo) // 2)
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
+            list(pool.map(_relax_worker, [(potential_name, [s for _, s in todo[w::n_workers]], settings, str(cache.path)) for w in range(n_workers)]))
+    return {k: relax(s, potential_name, settings, cache) for k, s in parsed.items()}
+
+
+def _relax_worker(task) -> None:
+    from voltmodels.config import set_torch_threads
+
+    potential_name, structures, settings, cache_path = task
+    set_torch_threads(1)
+    cache = PotentialCache(cache_path)
+    for structure in structures:
+        relax(structure, potential_name, settings, cache)
+
+
 def charged_host(discharged: Any, ion: str) -> IStructure:
     """Mode (b): the charged host a user without MP's charged state starts from, the discharged
     structure with every working-ion atom removed (MP's charged state keeps some ions in x1 > 0 cases)."""

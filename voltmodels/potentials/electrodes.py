@@ -17,7 +17,7 @@ import pandas as pd
 from voltmodels.config import VoltmodelsError
 from voltmodels.data.structures import parse_structure
 from voltmodels.potentials.cache import PotentialCache
-from voltmodels.potentials.compute import RelaxSettings, charged_host, relax, static_energies
+from voltmodels.potentials.compute import RelaxSettings, charged_host, relax_many, static_energies
 from voltmodels.potentials.families import PotentialInputs
 from voltmodels.potentials.references import metal_energy_per_atom
 from voltmodels.potentials.voltage import average_voltage, transfer_normalization
@@ -48,20 +48,24 @@ def electrode_inputs(
     cache = cache or PotentialCache()
     structures: dict[str, Any] = {}
     pairs: list[tuple[str, str] | str] = []
+    to_relax: dict[str, Any] = {}
     for i, electrode in enumerate(electrodes):
         try:
             if electrode.missing_charged:
                 raise VoltmodelsError("no charged structure")
             discharged = parse_structure(electrode.discharged)
-            if electrode.charged is not None:
-                charged = parse_structure(electrode.charged)
-            else:
-                charged = charged_host(discharged, electrode.ion)
-                discharged, charged = (_relaxed(s, potential_name, relax_settings, cache) for s in (discharged, charged))
-            structures[f"{i}d"], structures[f"{i}c"] = discharged, charged
+            charged = parse_structure(electrode.charged) if electrode.charged is not None else charged_host(discharged, electrode.ion)
+            (to_relax if electrode.charged is None else structures).update({f"{i}d": discharged, f"{i}c": charged})
             pairs.append((f"{i}d", f"{i}c"))
         except VoltmodelsError as exc:
             pairs.append(str(exc))
+    # Mode (b) rows: both end members relaxed with the potential first (in worker processes).
+    for name, record in relax_many(to_relax, potential_name, relax_settings, cache, n_workers).items():
+        if record.structure is not None:
+            structures[name] = parse_structure(record.structure)
+        else:
+            i = int(name[:-1])
+            pairs[i] = f"relaxing {to_relax[name].composition.reduced_formula} with {potential_name} failed: {record.error}"
     energies = static_energies(structures, potential_name, cache, n_workers=n_workers)
     references: dict[str, float] = {}
     n = len(electrodes)
@@ -94,13 +98,6 @@ def electrode_inputs(
             units_c, units_d, charge = transfer_normalization(sc.composition, sd.composition, electrode.ion)
             transfer[i] = (rd.embedding * rd.n_atoms / units_d - rc.embedding * rc.n_atoms / units_c) / charge
     return PotentialInputs(v, per_atom, embeddings, errors, transfer)
-
-
-def _relaxed(structure, potential_name: str, settings: RelaxSettings, cache: PotentialCache):
-    record = relax(structure, potential_name, settings, cache)
-    if record.structure is None:
-        raise VoltmodelsError(f"relaxing {structure.composition.reduced_formula} with {potential_name} failed: {record.error}")
-    return parse_structure(record.structure)
 
 
 class DatasetInputs:

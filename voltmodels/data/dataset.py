@@ -91,6 +91,22 @@ class CuratedDataset:
             raise VoltmodelsError(f"The dataset {self.digest} has no electrodes for working ion {ion!r}; it has {', '.join(self.ions)}.")
         return rows.reset_index(drop=True)
 
+    def subsample(self, max_per_ion: int, seed: int = 0) -> CuratedDataset:
+        """A view with at most `max_per_ion` seeded-random rows of each ion (their stored split labels kept).
+
+        Its digest names the subsample, so models fitted on it are never compared with full-data ones.
+        """
+        if max_per_ion <= 0 or (self.table["working_ion"].value_counts() <= max_per_ion).all():
+            return self
+        picked = [rows.sample(n=min(len(rows), max_per_ion), random_state=seed) for _, rows in self.table.groupby("working_ion", sort=True)]
+        view = CuratedDataset(self.folder)
+        view.__dict__.update(
+            table=pd.concat(picked).sort_values(["working_ion", "battery_id"]).reset_index(drop=True),
+            manifest={**self.manifest, "digest": f"{self.digest}-max{max_per_ion}-seed{seed}"},
+            compact_structures=self.compact_structures,
+        )
+        return view
+
     def split(self, ion: str, strategy: str = "random", repeat: int = 0) -> pd.DataFrame:
         """The ion's rows with a `split` column; repeat 0 is the curated split, repeat k reseeds it."""
         rows = self.rows(ion)

@@ -229,6 +229,7 @@ def evaluate(
             half = model.interval(row_ions)
             for ion in ions:
                 record = {"ion": ion, "split": strategy, "repeat": repeat, "method": family, "seconds": seconds}
+                record.update({f"{name}_{k}": np.nan for name in ("val", "test") for k in ("mae", "rmse", "r2")})
                 for name in ("train", "val", "test"):
                     mask = (row_ions == ion) & (part == name)
                     record[f"n_{name}"] = int(mask.sum())

@@ -14,6 +14,10 @@ protocol ({"dataframe_split": ...} to /invocations):
 * concurrent: --n-concurrent single-structure requests from --clients threads: req/s, p50/p99, errors;
 
 and, in process, where a single request's time goes (CIF parsing, graph, model, MLflow/HTTP overhead).
+With --potential-modes N (a router whose member for --potential-ion is a universal-potential family):
+one-row requests for N distinct test electrodes in mode (a) (with `structure_charged`: two static
+energies) and in mode (b) (without: two relaxations), on a server with an empty potential cache, and
+the same requests again (answered from the cache).
 Ends with the test-split interval coverage per ion (benchmarks/coverage.py).
 
 Serve with one worker (the default). With `-w 2` or more, uvicorn binds the socket itself with
@@ -176,6 +180,39 @@ def breakdown(model_uri: str, cif: str, n: int = 100) -> list[tuple[str, float]]
     return [(k, statistics.median(v)) for k, v in stages.items()]
 
 
+def potential_modes(model_uri: str, tracking_uri: str, snapshot: Path, ion: str, n: int, threads: int) -> list[tuple]:
+    """Rows of the table for one-row requests in modes (a) and (b), cold (empty cache) and cached."""
+    import requests
+
+    from voltmodels.data.dataset import load_dataset
+
+    dataset = load_dataset("latest")
+    rows = dataset.split(ion, "random", 0)
+    rows = rows[(rows["split"] == "test") & rows["id_charge"].isin(list(dataset.compact_structures))].head(n)
+    pairs = [(json.dumps(dataset.compact_structures[d]), json.dumps(dataset.compact_structures[c])) for d, c in zip(rows["id_discharge"], rows["id_charge"])]
+    out = []
+    with tempfile.TemporaryDirectory() as workdir:
+        os.environ["VOLTMODELS_CACHE"] = str(Path(workdir) / "cache")  # the server starts with no energies
+        server = start_server(model_uri, 1, threads, tracking_uri, Path(workdir))
+        try:
+            url = server.start(timeout=300)
+            with requests.Session() as s:
+                for mode, columns in (("a", ["structure", "working_ion", "structure_charged"]), ("b", ["structure", "working_ion"])):
+                    payloads = [json.dumps({"dataframe_split": {"columns": columns, "data": [[d, ion, c][: len(columns)]]}}).encode() for d, c in pairs]
+                    for label in ("cold", "cached"):
+                        times, errors = [], 0
+                        for payload in payloads:
+                            t = time.perf_counter()
+                            r = s.post(f"{url}/invocations", data=payload, headers=HEADERS, timeout=600)
+                            times.append(time.perf_counter() - t)
+                            errors += r.status_code != 200 or r.json()["predictions"][0].get("mode") != mode
+                        what = "both end members, static energies" if mode == "a" else "discharged only, two relaxations"
+                        out.append((f"{ion} mode ({mode}): {what}, {label}", f"{len(times)} req", f"{pct(times, 50):.0f}", f"{pct(times, 90):.0f}", f"{pct(times, 99):.0f}", f"{len(times) / sum(times):.2f} req/s", errors))
+        finally:
+            server.stop()
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-uri", default="models:/voltage-predictor@champion")
@@ -190,6 +227,9 @@ def main(argv=None) -> None:
     parser.add_argument("--n-concurrent", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--no-breakdown", action="store_true", help="skip the in-process stage timings")
+    parser.add_argument("--potential-modes", type=int, default=0, help="distinct electrodes for the mode (a)/(b) table (0: skip)")
+    parser.add_argument("--potential-ion", default="Mg")
+    parser.add_argument("--only-potential-modes", action="store_true", help="print only the mode (a)/(b) table")
     args = parser.parse_args(argv)
 
     import mlflow
@@ -205,6 +245,12 @@ def main(argv=None) -> None:
     single_json = Structure.from_str(single_cif, fmt="cif").to_json()
     print(machine())
     print(f"model: {args.model_uri} ({tracking_uri}); workers {args.workers}, torch threads {args.threads}")
+    if args.potential_modes:
+        print("\n| scenario | requests | p50 ms | p90 ms | p99 ms | throughput | errors |\n|---|---|---|---|---|---|---|")
+        for r in potential_modes(args.model_uri, tracking_uri, snapshot, args.potential_ion, args.potential_modes, args.threads):
+            print("| " + " | ".join(str(x) for x in r) + " |")
+        if args.only_potential_modes:
+            return
     print(f"single structure: {single_id} ({single_sites} sites); batch: {len(batch)} Li structures, {np.mean([b[2] for b in batch]):.1f} sites on average")
 
     server = None

@@ -147,7 +147,11 @@ def test_parse_structure_accepts_each_form():
         assert parsed.composition.reduced_formula == "NaCl"
         assert structure_digest(parsed) == structure_digest(structure)
 
-    with pytest.raises(VoltmodelsError, match="could not parse CIF"):
+    from pymatgen.io.vasp import Poscar
+
+    poscar = parse_structure(Poscar(structure).get_str())  # VASP input, as the docs promise
+    assert poscar.composition.reduced_formula == "NaCl" and structure_digest(poscar) == structure_digest(structure)
+    with pytest.raises(VoltmodelsError, match="could not parse CIF or POSCAR"):
         parse_structure("this is not a crystal")
     with pytest.raises(VoltmodelsError, match="could not parse structure JSON"):
         parse_structure("{not json")

@@ -13,7 +13,7 @@ from voltmodels.config import VoltmodelsError
 
 
 def parse_structure(obj: Any) -> IStructure:
-    """A pymatgen Structure from a Structure, CIF text, Structure JSON text / dict, or a compact dict.
+    """A pymatgen Structure from a Structure, CIF or POSCAR text, Structure JSON text / dict, or a compact dict.
 
     The compact form is ``{"lattice": 3x3, "species": [...], "frac_coords": [[...], ...]}`` as in the
     snapshot. Raises VoltmodelsError with one sentence saying why ``obj`` is not a structure.
@@ -29,7 +29,9 @@ def parse_structure(obj: Any) -> IStructure:
                 return parse_structure(json.loads(text))
             except json.JSONDecodeError as exc:
                 raise VoltmodelsError(f"could not parse structure JSON: {exc}") from None
-        return _parse_cif(text)
+        if "_cell_length_a" in text or text.lower().startswith("data_") or "\ndata_" in text.lower():
+            return _parse_cif(text)
+        return _parse_poscar(text)
     if isinstance(obj, Mapping):
         try:
             if {"lattice", "species", "frac_coords"} <= obj.keys():
@@ -60,6 +62,17 @@ def _parse_cif(text: str) -> Structure:
     if not structures:
         raise VoltmodelsError("could not parse CIF: it contains no structure")
     return structures[0]
+
+
+def _parse_poscar(text: str) -> Structure:
+    from pymatgen.io.vasp import Poscar
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Poscar.from_str(text).structure
+    except Exception as exc:
+        raise VoltmodelsError(f"could not parse CIF or POSCAR: the text has no CIF data block and is not a POSCAR ({type(exc).__name__}: {exc})") from None
 
 
 def structure_to_compact(structure: IStructure) -> dict:

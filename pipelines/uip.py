@@ -39,7 +39,7 @@ QUICK_MAX_ROWS_PER_ION = 150
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="latest")
-    p.add_argument("--potential", default=DEFAULT_POTENTIAL, help="comma list: sevennet-0, chgnet, mace:/path/weights ...")
+    p.add_argument("--potential", default=DEFAULT_POTENTIAL, help="comma list: sevennet-0, chgnet, mace:/path/weights ...; a+b combines potentials")
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--profile", default="quick", help="quick (1 repeat per split) or paper (5)")
     p.add_argument("--n-repeats", type=as_int, default=0)
@@ -99,7 +99,7 @@ def main(argv=None) -> str:
         mlflow.log_metric("featurize_seconds", time.perf_counter() - started)
         all_records = []
         for potential in potentials:
-            tag = potential_key(potential).split("@")[0].replace(":", "_")
+            tag = "_and_".join(key.split("@")[0] for key in potential_key(potential).split("+"))
             started = time.perf_counter()
             inputs = DatasetInputs(dataset, potential, "a", relax_settings=relax_settings, n_workers=args.n_workers or os.cpu_count())
             n_missing = int((~np.isfinite(inputs.inputs.v_uip)).sum())
@@ -137,11 +137,10 @@ def comparison_table(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def _register(dataset, potential, tag, final, records, relax_settings, inputs, run_id, profile, log_potential_model, family_metadata):
-    embedding_dim = inputs.inputs.embeddings.shape[1] // 2
     ions = dataset.ions
     for family, model in final.items():
         ion = ions[0]
-        meta = family_metadata(model, potential=potential, registered_name=f"voltage-{family}-{tag}", ions=ions, relax_settings=relax_settings, embedding_dim=embedding_dim, metrics={})
+        meta = family_metadata(model, potential=potential, registered_name=f"voltage-{family}-{tag}", ions=ions, relax_settings=relax_settings, embedding_dims=inputs.inputs.embedding_dims, metrics={})
         example = pd.concat([input_example(dataset, i) for i in ("Li", "Mg") if i in ions] or [input_example(dataset, ion)], ignore_index=True)
         info = log_potential_model(model, meta, example, name=f"{family}-{tag}")
         repeat0 = records[(records["split"] == "random") & (records["repeat"] == 0) & (records["method"] == family)].set_index("ion")

@@ -84,7 +84,7 @@ class PotentialPredictor:
         if problems:
             raise invalid("Invalid input: " + "; ".join(problems) + ".")
         ions = [e.ion for e in electrodes]
-        inputs = electrode_inputs(electrodes, self.meta["potential"], self.relax_settings, embedding_dim=self.meta.get("embedding_dim"))
+        inputs = electrode_inputs(electrodes, self.meta["potential"], self.relax_settings, embedding_dims=self.meta.get("embedding_dims"))
         failed = [f"row {row}: {error}" for row, error, v in zip(frame.index, inputs.errors, inputs.v_uip) if error and not np.isfinite(v)]
         if failed and self.model.family in ("uip", "uip_recal"):
             raise invalid("The potential gave no voltage: " + "; ".join(failed) + ".")
@@ -124,12 +124,18 @@ def pip_requirements() -> list[str]:
 
     from serving.cgcnn_model import pip_requirements as base
 
-    package = {"sevennet-0": "sevenn", "chgnet": "chgnet"}
-    extra = [f"{p}=={version(p)}" for p in sorted(set(package.values()))]
+    from voltmodels.potentials.calculators import BUILTIN, FROM_FILE
+
+    extra = []
+    for package in sorted({*BUILTIN.values(), *FROM_FILE.values()}):
+        try:
+            extra.append(f"{package}=={version(package)}")
+        except Exception:  # not installed here: no model of this checkout can use it
+            pass
     return [*base(), f"matminer=={version('matminer')}", f"ase=={version('ase')}", *extra]
 
 
-def family_metadata(model, *, potential: str, registered_name: str, ions, relax_settings, embedding_dim: int, metrics: dict) -> dict:
+def family_metadata(model, *, potential: str, registered_name: str, ions, relax_settings, embedding_dims: dict, metrics: dict) -> dict:
     from dataclasses import asdict
 
     from voltmodels.baselines import feature_set_key
@@ -146,7 +152,7 @@ def family_metadata(model, *, potential: str, registered_name: str, ions, relax_
         "fallback": model.fallback,
         "half_width": model.half_width,
         "relax_settings": asdict(relax_settings),
-        "embedding_dim": embedding_dim,
+        "embedding_dims": embedding_dims,
         "feature_set_key": feature_set_key(),
         "metrics": metrics,
     }

@@ -50,7 +50,10 @@ def _file_hash(path: Path) -> str:
 
 
 def split_name(name: str) -> tuple[str, Path | None]:
-    """`sevennet-0` -> ("sevennet-0", None); `mace:/w.model` -> ("mace", Path("/w.model"))."""
+    """`sevennet-0` -> ("sevennet-0", None); `mace:/w.model` -> ("mace", Path("/w.model")).
+    A combination `a+b` is checked part by part and returns its first part."""
+    if "+" in name:
+        return [split_name(part) for part in name.split("+")][0]
     kind, _, weights = name.strip().partition(":")
     kind = kind.lower()
     if kind in BUILTIN and not weights:
@@ -67,7 +70,10 @@ def split_name(name: str) -> tuple[str, Path | None]:
 
 
 def potential_key(name: str) -> str:
-    """The cache identity of a potential without loading it (cheap: package metadata, file hash)."""
+    """The cache identity of a potential without loading it (cheap: package metadata, file hash);
+    for potentials combined with "+", their keys joined with "+"."""
+    if "+" in name:
+        return "+".join(potential_key(part) for part in name.split("+"))
     kind, weights = split_name(name)
     package = BUILTIN.get(kind) if weights is None else FROM_FILE[kind]
     key = f"{kind}@{package}-{_version(package)}"

@@ -18,7 +18,7 @@ from voltmodels.config import VoltmodelsError
 from voltmodels.data.structures import parse_structure
 from voltmodels.potentials.cache import PotentialCache
 from voltmodels.potentials.compute import RelaxSettings, charged_host, relax_many, static_energies
-from voltmodels.potentials.families import PotentialInputs
+from voltmodels.potentials.families import PotentialInputs, combine
 from voltmodels.potentials.references import metal_energy_per_atom
 from voltmodels.potentials.voltage import average_voltage, transfer_normalization
 
@@ -37,14 +37,19 @@ def electrode_inputs(
     potential_name: str,
     relax_settings: RelaxSettings = RelaxSettings(),
     cache: PotentialCache | None = None,
-    embedding_dim: int | None = None,
+    embedding_dims: Mapping[str, int] | None = None,
     n_workers: int | None = None,
 ) -> PotentialInputs:
     """PotentialInputs of electrodes, each in mode (a) when it has a charged structure, else (b).
 
     A row the potential cannot do (an unknown element, a failed relaxation, end members without a
     common framework) gets NaNs and its reason in `errors`; the families fall back for it.
+    `potential_name` may join several potentials with "+" (e.g. "sevennet-0+chgnet"): see `combine`.
+    `embedding_dims` ({potential: width}, from a fitted model) fixes the representation's width
+    even when no row of this call gets one.
     """
+    if "+" in potential_name:
+        return combine([electrode_inputs(electrodes, name, relax_settings, cache, embedding_dims, n_workers) for name in potential_name.split("+")])
     cache = cache or PotentialCache()
     structures: dict[str, Any] = {}
     pairs: list[tuple[str, str] | str] = []
@@ -72,7 +77,7 @@ def electrode_inputs(
     v = np.full(n, np.nan)
     per_atom = np.full((n, 2), np.nan)
     dims = {len(r.embedding) for r in energies.values() if r.embedding is not None}
-    d = embedding_dim or (dims.pop() if dims else 0)
+    d = (embedding_dims or {}).get(potential_name) or (dims.pop() if dims else 0)
     embeddings = np.full((n, 2 * d), np.nan)
     transfer = np.full((n, d), np.nan)
     errors: list[str | None] = [None] * n
@@ -97,7 +102,7 @@ def electrode_inputs(
             embeddings[i] = np.concatenate([rd.embedding, rc.embedding])
             units_c, units_d, charge = transfer_normalization(sc.composition, sd.composition, electrode.ion)
             transfer[i] = (rd.embedding * rd.n_atoms / units_d - rc.embedding * rc.n_atoms / units_c) / charge
-    return PotentialInputs(v, per_atom, embeddings, errors, transfer)
+    return PotentialInputs(v, per_atom, embeddings, errors, transfer, {potential_name: d})
 
 
 class DatasetInputs:

@@ -52,11 +52,28 @@ class PotentialInputs:
     embeddings: np.ndarray
     errors: list[str | None]
     transfer: np.ndarray | None = None
+    #: {potential: width of its atomic representation}: fixes the column layout of a fitted model.
+    embedding_dims: dict[str, int] = field(default_factory=dict)
 
     def take(self, mask) -> "PotentialInputs":
         transfer = None if self.transfer is None else self.transfer[mask]
         errors = [e for e, m in zip(self.errors, np.asarray(mask)) if m] if np.asarray(mask).dtype == bool else [self.errors[i] for i in mask]
-        return PotentialInputs(self.v_uip[mask], self.energies[mask], self.embeddings[mask], errors, transfer)
+        return PotentialInputs(self.v_uip[mask], self.energies[mask], self.embeddings[mask], errors, transfer, self.embedding_dims)
+
+
+def combine(parts: Sequence[PotentialInputs]) -> PotentialInputs:
+    """Several potentials on the same rows: the first one's zero-shot voltage is the baseline V_uip;
+    the others' voltages join the energies as features, and every representation is kept."""
+    first = parts[0]
+    others_v = [p.v_uip[:, None] for p in parts[1:]]
+    return PotentialInputs(
+        first.v_uip,
+        np.hstack([first.energies, *others_v, *(p.energies for p in parts[1:])]),
+        np.hstack([p.embeddings for p in parts]),
+        [next((e for e in errors if e), None) for errors in zip(*(p.errors for p in parts))],
+        np.hstack([p.transfer for p in parts]),
+        {k: v for p in parts for k, v in p.embedding_dims.items()},
+    )
 
 
 def ion_onehot(ions: Sequence[str]) -> np.ndarray:

@@ -96,12 +96,12 @@ def _compute_chunk(potential: Potential, chunk: list[tuple[str, IStructure]]) ->
     started = time.perf_counter()
     if potential.name == "chgnet" and len(chunk) > 1:
         try:
-            predictions = potential.calculator.model.predict_structure([s for _, s in chunk], task="e", return_crystal_feas=True, batch_size=len(chunk))
+            predictions = potential.calculator.model.predict_structure([s for _, s in chunk], task="e", return_atom_feas=True, batch_size=len(chunk))
         except Exception:  # one bad structure fails the batch: fall back to one by one
             return {k: v for item in chunk for k, v in _compute_chunk(potential, [item]).items()}
         seconds = (time.perf_counter() - started) / len(chunk)
         return {
-            digest: EnergyRecord(float(p["e"]) * len(s), len(s), np.asarray(p["crystal_fea"], np.float32), None, seconds)
+            digest: EnergyRecord(float(p["e"]) * len(s), len(s), np.asarray(p["atom_fea"], np.float32).mean(axis=0), None, seconds)
             for (digest, s), p in zip(chunk, predictions)
         }
     records = {}
@@ -126,8 +126,10 @@ def energy_of(potential: Potential, structure: IStructure) -> tuple[float, np.nd
         features = potential.embedding_reader()
         return energy, None if features is None else np.asarray(features, np.float32).mean(axis=0)
     if potential.name == "chgnet":
-        prediction = potential.calculator.model.predict_structure(structure, task="e", return_crystal_feas=True)
-        return energy, np.asarray(prediction["crystal_fea"], np.float32)
+        # CHGNet's atom features before its energy readout, as for SevenNet (its crystal feature is
+        # pooled and transformed, so it does not add up over atoms).
+        prediction = potential.calculator.model.predict_structure(structure, task="e", return_atom_feas=True)
+        return energy, np.asarray(prediction["atom_fea"], np.float32).mean(axis=0)
     return energy, None
 
 

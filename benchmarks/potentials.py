@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import subprocess
 import sys
 import time
@@ -40,10 +41,12 @@ def latest_uip_run():
 
 
 def load_csvs(run, pattern: str) -> pd.DataFrame:
+    """The run's `results/<potential tag><pattern>` tables, with a `tag` column naming the potential."""
     frames = []
     for item in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="results"):
         if item.path.endswith(pattern):
-            frames.append(pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{item.path}"))))
+            frame = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{item.path}")))
+            frames.append(frame.assign(tag=Path(item.path).name[: -len(pattern)]))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -72,7 +75,7 @@ def provenance_table(predictions: pd.DataFrame) -> pd.DataFrame:
     test = predictions[(predictions["part"] == "test") & (predictions["split"] == "random")].copy()
     test["source"] = np.where(test["battery_id"].str.startswith("mvc-"), "mvc-*", "mp-*")
     test["error"] = (test["true"] - test["predicted"]).abs()
-    return test.pivot_table(index="method", columns="source", values="error", aggfunc=["mean", "count"]).round(3)
+    return test.pivot_table(index=["tag", "method"], columns="source", values="error", aggfunc=["mean", "count"]).round(3)
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -93,7 +96,7 @@ def mode_b(potential: str, per_ion: int, seed: int, dataset_ref: str, families) 
 
     dataset = load_dataset(dataset_ref)
     features = bl.dataset_features(dataset)
-    full = DatasetInputs(dataset, potential, "a")
+    full = DatasetInputs(dataset, potential, "a")  # cached
     _, _, final = evaluate(dataset, full, features, families, ("random",), 1, log=None)
     picked = []
     for ion in IONS:
@@ -102,7 +105,7 @@ def mode_b(potential: str, per_ion: int, seed: int, dataset_ref: str, families) 
         picked.append(rows.sample(n=min(per_ion, len(rows)), random_state=seed))
     rows = pd.concat(picked, ignore_index=True)
     started = time.perf_counter()
-    b = DatasetInputs(dataset, potential, "b", rows=rows)
+    b = DatasetInputs(dataset, potential, "b", rows=rows, n_workers=os.cpu_count())
     elapsed = time.perf_counter() - started
     a = full(rows)
     X = features.loc[rows["id_discharge"]].to_numpy(np.float64)
@@ -167,7 +170,7 @@ def main(argv=None) -> None:
     print("\n### cost on this machine\n")
     print(markdown(cost_table([x.strip() for x in args.potential.split(",")])))
     if args.mode_b:
-        for potential in [x.strip() for x in args.potential.split(",")][:1]:
+        for potential in [x.strip() for x in args.potential.split(",")][:1]:  # relaxations are costly: the first potential
             print(f"\n### mode (a) vs mode (b), {potential}: test MAE (V) on the same electrodes\n")
             print(markdown(mode_b(potential, args.mode_b, args.seed, args.dataset, FAMILY_ORDER)))
 

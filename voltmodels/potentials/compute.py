@@ -183,8 +183,10 @@ def relax_many(structures: Mapping[str, Any], potential_name: str, settings: Rel
         from multiprocessing import get_context
 
         n_workers = min(n_workers, len(todo) // 2)
+        # One task per structure: relaxations take 1 to 100 s, so fixed shares would leave workers idle;
+        # a worker process loads the potential once and keeps it for its later tasks.
         with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
-            list(pool.map(_relax_worker, [(potential_name, [s for _, s in todo[w::n_workers]], settings, str(cache.path)) for w in range(n_workers)]))
+            list(pool.map(_relax_worker, [(potential_name, [s], settings, str(cache.path)) for _, s in todo]))
     return {k: relax(s, potential_name, settings, cache) for k, s in parsed.items()}
 
 

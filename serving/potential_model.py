@@ -85,9 +85,10 @@ class PotentialPredictor:
             raise invalid("Invalid input: " + "; ".join(problems) + ".")
         ions = [e.ion for e in electrodes]
         inputs = electrode_inputs(electrodes, self.meta["potential"], self.relax_settings, embedding_dims=self.meta.get("embedding_dims"))
-        failed = [f"row {row}: {error}" for row, error, v in zip(frame.index, inputs.errors, inputs.v_uip) if error and not np.isfinite(v)]
-        if failed and self.model.family in ("uip", "uip_recal"):
-            raise invalid("The potential gave no voltage: " + "; ".join(failed) + ".")
+        # A served row needs the potential's voltage (the median fallback is for evaluation tables only).
+        failed = [f"row {row}: {error or 'no voltage'}" for row, error, v in zip(frame.index, inputs.errors, inputs.v_uip) if not np.isfinite(v)]
+        if failed:
+            raise invalid(f"{self.meta['potential']} gave no voltage: " + "; ".join(failed) + ".")
         features = featurize_structures([e.discharged for e in electrodes]) if self.model.family == "uip_delta" else np.zeros((len(electrodes), 0))
         voltage = self.model.predict(inputs, features, ions)
         half = self.model.interval(ions)

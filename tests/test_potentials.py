@@ -167,22 +167,20 @@ def uip_store(real_subset, tmp_path_factory):
 
 def test_uip_entry_point_registers_every_family(uip_store):
     root, env, out = uip_store
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    try:
-        client = MlflowClient()
-        for ion in ("Li", "Mg"):
-            versions = client.search_model_versions(f"name = 'voltage-uip-{ion}'")
-            assert {v.tags["family"] for v in versions} == {"uip", "uip_recal", "uip_delta", "uip_head"}
-            champion = client.get_model_version_by_alias(f"voltage-uip-{ion}", "champion")
-            assert champion.tags["potential"] == "sevennet-0" and champion.tags["selection_rule"].startswith("val_mae")
-        router = client.get_model_version_by_alias("voltage-predictor", "champion")
-        assert router.tags["member_Li"].startswith("voltage-uip-Li:")
-    finally:
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    # A client of the module's own store: setting the global tracking URI would move the session's.
+    uri = env["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for ion in ("Li", "Mg"):
+        versions = client.search_model_versions(f"name = 'voltage-uip-{ion}'")
+        assert {v.tags["family"] for v in versions} == {"uip", "uip_recal", "uip_delta", "uip_head"}
+        champion = client.get_model_version_by_alias(f"voltage-uip-{ion}", "champion")
+        assert champion.tags["potential"] == "sevennet-0" and champion.tags["selection_rule"].startswith("val_mae")
+    router = client.get_model_version_by_alias("voltage-predictor", "champion")
+    assert router.tags["member_Li"].startswith("voltage-uip-Li:")
     assert "random sevennet-0       uip  Li" in out
+    assert os.environ["MLFLOW_TRACKING_URI"] != uri
 
 
 def test_served_router_answers_modes_a_and_b(uip_store, real_subset):

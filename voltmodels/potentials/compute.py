@@ -158,8 +158,8 @@ def relax(structure: Any, potential_name: str, settings: RelaxSettings = RelaxSe
     potential = load_potential(potential_name)
     started = time.perf_counter()
     atoms = AseAtomsAdaptor.get_atoms(Structure.from_sites(structure))
-    atoms.calc = potential.calculator
     try:
+        atoms.calc = potential.calculator  # raises for an element the potential does not know
         target = FrechetCellFilter(atoms) if settings.relax_cell else atoms
         optimizer = FIRE(target, logfile=None)
         converged = bool(optimizer.run(fmax=settings.fmax, steps=settings.max_steps))

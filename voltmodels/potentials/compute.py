@@ -29,6 +29,11 @@ _MIN_ITEMS_PER_WORKER = 40
 _CHGNET_BATCH = 16
 
 
+def worker_count(n_workers: int | None) -> int:
+    """Processes for missing energies or relaxations: as asked, else $VOLTMODELS_POTENTIAL_WORKERS, else 1."""
+    return max(1, n_workers or int(os.environ.get("VOLTMODELS_POTENTIAL_WORKERS", "1") or 1))
+
+
 def static_energies(
     structures: Mapping[str, Any],
     potential_name: str,
@@ -43,13 +48,11 @@ def static_energies(
     """
     cache = cache or PotentialCache()
     key = potential_key(potential_name)
-    digest_of = {mid: structure_digest(parse_structure(s)) for mid, s in structures.items()}
+    parsed = {mid: parse_structure(s) for mid, s in structures.items()}
+    digest_of = {mid: structure_digest(s) for mid, s in parsed.items()}
     found = cache.energies(key, digest_of.values())
-    missing: dict[str, IStructure] = {}
-    for mid, digest in digest_of.items():
-        if digest not in found and digest not in missing:
-            missing[digest] = parse_structure(structures[mid])
-    n_workers = max(1, n_workers or int(os.environ.get("VOLTMODELS_POTENTIAL_WORKERS", "1") or 1))
+    missing = {digest: parsed[mid] for mid, digest in digest_of.items() if digest not in found}
+    n_workers = worker_count(n_workers)
     items = list(missing.items())
     if len(items) >= _MIN_ITEMS_PER_WORKER * 2 and n_workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -60,9 +63,9 @@ def static_energies(
             futures = [pool.submit(_compute_and_store, potential_name, items[w::n_workers], str(cache.path), w == 0) for w in range(n_workers)]
             for future in as_completed(futures):
                 future.result()
-        found.update(cache.energies(key, missing))
     elif items:
         _compute_and_store(potential_name, items, cache, progress=progress)
+    if items:
         found.update(cache.energies(key, missing))
     return {mid: found[digest] for mid, digest in digest_of.items()}
 
@@ -93,17 +96,8 @@ def _compute_and_store(potential_name: str, items: list[tuple[str, IStructure]],
 
 
 def _compute_chunk(potential: Potential, chunk: list[tuple[str, IStructure]]) -> dict[str, EnergyRecord]:
-    started = time.perf_counter()
-    if potential.name == "chgnet" and len(chunk) > 1:
-        try:
-            predictions = potential.calculator.model.predict_structure([s for _, s in chunk], task="e", return_atom_feas=True, batch_size=len(chunk))
-        except Exception:  # one bad structure fails the batch: fall back to one by one
-            return {k: v for item in chunk for k, v in _compute_chunk(potential, [item]).items()}
-        seconds = (time.perf_counter() - started) / len(chunk)
-        return {
-            digest: EnergyRecord(float(p["e"]) * len(s), len(s), np.asarray(p["atom_fea"], np.float32).mean(axis=0), None, seconds)
-            for (digest, s), p in zip(chunk, predictions)
-        }
+    if potential.name == "chgnet":
+        return _chgnet_chunk(potential, chunk)
     records = {}
     for digest, structure in chunk:
         started = time.perf_counter()
@@ -111,26 +105,43 @@ def _compute_chunk(potential: Potential, chunk: list[tuple[str, IStructure]]) ->
             energy, embedding = energy_of(potential, structure)
             records[digest] = EnergyRecord(energy, len(structure), embedding, None, time.perf_counter() - started)
         except Exception as exc:  # an element the potential does not know, a failed neighbour list...
-            records[digest] = EnergyRecord(None, len(structure), None, f"{type(exc).__name__}: {exc}"[:500], time.perf_counter() - started)
+            records[digest] = _failed(structure, exc, started)
     return records
 
 
+def _chgnet_chunk(potential: Potential, chunk: list[tuple[str, IStructure]]) -> dict[str, EnergyRecord]:
+    """CHGNet predicts a batch in one call, energy and atom features together. Its atom features
+    before the energy readout are the representation, as for SevenNet (its crystal feature is
+    pooled and transformed, so it does not add up over atoms)."""
+    started = time.perf_counter()
+    try:
+        predictions = potential.calculator.model.predict_structure([s for _, s in chunk], task="e", return_atom_feas=True, batch_size=len(chunk))
+    except Exception as exc:
+        if len(chunk) == 1:
+            return {chunk[0][0]: _failed(chunk[0][1], exc, started)}
+        return {k: v for item in chunk for k, v in _chgnet_chunk(potential, [item]).items()}  # find the bad one
+    if isinstance(predictions, dict):  # CHGNet returns a bare dict for a batch of one
+        predictions = [predictions]
+    seconds = (time.perf_counter() - started) / len(chunk)
+    return {
+        digest: EnergyRecord(float(p["e"]) * len(s), len(s), np.asarray(p["atom_fea"], np.float32).mean(axis=0), None, seconds)
+        for (digest, s), p in zip(chunk, predictions)
+    }
+
+
+def _failed(structure: IStructure, exc: Exception, started: float) -> EnergyRecord:
+    return EnergyRecord(None, len(structure), None, f"{type(exc).__name__}: {exc}"[:500], time.perf_counter() - started)
+
+
 def energy_of(potential: Potential, structure: IStructure) -> tuple[float, np.ndarray | None]:
-    """Total energy (eV) and the mean atomic embedding of one structure."""
+    """Total energy (eV) and the mean atomic embedding (if the potential exposes one) of one structure."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
     atoms = AseAtomsAdaptor.get_atoms(Structure.from_sites(structure))
     atoms.calc = potential.calculator
     energy = float(atoms.get_potential_energy())
-    if potential.embedding_reader is not None:
-        features = potential.embedding_reader()
-        return energy, None if features is None else np.asarray(features, np.float32).mean(axis=0)
-    if potential.name == "chgnet":
-        # CHGNet's atom features before its energy readout, as for SevenNet (its crystal feature is
-        # pooled and transformed, so it does not add up over atoms).
-        prediction = potential.calculator.model.predict_structure(structure, task="e", return_atom_feas=True)
-        return energy, np.asarray(prediction["atom_fea"], np.float32).mean(axis=0)
-    return energy, None
+    features = potential.embedding_reader() if potential.embedding_reader is not None else None
+    return energy, None if features is None else np.asarray(features, np.float32).mean(axis=0)
 
 
 @dataclass(frozen=True)
@@ -177,7 +188,7 @@ def relax_many(structures: Mapping[str, Any], potential_name: str, settings: Rel
     key = potential_key(potential_name)
     parsed = {k: parse_structure(v) for k, v in structures.items()}
     todo = [(k, s) for k, s in parsed.items() if cache.relaxed(key, structure_digest(s), settings.key()) is None]
-    n_workers = max(1, n_workers or int(os.environ.get("VOLTMODELS_POTENTIAL_WORKERS", "1") or 1))
+    n_workers = worker_count(n_workers)
     if n_workers > 1 and len(todo) >= 4:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context

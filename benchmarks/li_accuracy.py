@@ -26,7 +26,7 @@ from voltmodels import baselines, registry  # noqa: E402
 from voltmodels.config import set_torch_threads  # noqa: E402
 from voltmodels.data.dataset import load_dataset  # noqa: E402
 from voltmodels.featurized import dataset_graphs  # noqa: E402
-from voltmodels.graphs.featurize import GraphSettings  # noqa: E402
+from voltmodels.graphs.graph import GraphSettings  # noqa: E402
 from voltmodels.model import CGCNN  # noqa: E402
 from voltmodels.training import build_graph_sets, predict, regression_metrics, train  # noqa: E402
 from voltmodels.tuning import DEFAULT_PARAMS, configs_from_params  # noqa: E402

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from voltmodels.config import set_torch_threads, torch_device  # noqa: E402
 from voltmodels.data.dataset import load_dataset  # noqa: E402
 from voltmodels.featurized import dataset_graphs  # noqa: E402
-from voltmodels.graphs.featurize import GraphSettings  # noqa: E402
+from voltmodels.graphs.graph import GraphSettings  # noqa: E402
 from voltmodels.model import CGCNN, load_checkpoint, save_checkpoint  # noqa: E402
 from voltmodels.training import GraphSet, Pruned, build_graph_sets, concat_graph_sets, predict, regression_metrics, train  # noqa: E402
 from voltmodels.transfer import (  # noqa: E402

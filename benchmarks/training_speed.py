@@ -28,7 +28,7 @@ def time_epochs(args: argparse.Namespace) -> dict:
     from voltmodels.config import set_torch_threads
     from voltmodels.data.dataset import load_dataset
     from voltmodels.featurized import dataset_graphs
-    from voltmodels.graphs.featurize import GraphSettings
+    from voltmodels.graphs.graph import GraphSettings
     from voltmodels.model import CGCNN
     from voltmodels.training import build_graph_sets, train
     from voltmodels.tuning import configs_from_params

@@ -20,7 +20,7 @@ from pipelines.evaluation import log_final_model
 from voltmodels.config import VoltmodelsError, cache_dir, set_torch_threads
 from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
-from voltmodels.graphs.featurize import GraphSettings
+from voltmodels.graphs.graph import GraphSettings
 from voltmodels.model import CGCNN, load_checkpoint, save_checkpoint
 from voltmodels.training import Pruned, build_graph_sets, train
 from voltmodels.tuning import configs_from_params, create_study, optimize_capped, profile, report_epoch, suggest

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from serving.inputs import invalid, parse_rows
-from voltmodels.graphs.featurize import GraphSettings, structure_to_graph
+from voltmodels.graphs.convert import structure_to_graph
+from voltmodels.graphs.graph import GraphSettings
 from voltmodels.config import VoltmodelsError
 
 PACKAGE_DIRS = [str(Path(__file__).resolve().parent.parent / p) for p in ("voltmodels", "serving")]

@@ -16,7 +16,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from pymatgen.core import Structure
 
 from voltmodels.config import VoltmodelsError
-from voltmodels.data.structures import parse_structure
+from voltmodels.graphs.convert import parse_structure
 
 REQUIRED_COLUMNS = ("structure", "working_ion")
 #: Largest cell accepted (sites). The curated data tops out at 174 sites; 500 keeps one request's

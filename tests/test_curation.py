@@ -151,7 +151,7 @@ class FakeMPRester:
         if working_ion is not None:
             rows = self.table[self.table.working_ion == working_ion]
             return [{k: r.get(k) for k in fields} for r in rows.to_dict("records")]
-        from voltmodels.data.structures import parse_structure
+        from voltmodels.graphs.convert import parse_structure
 
         return [
             {"material_id": mid, "structure": parse_structure(self.raw_structures[mid])}

@@ -29,7 +29,7 @@ from voltmodels.graphs import (
     parse_structure,
     structure_to_graph,
 )
-from voltmodels.graphs import featurize
+from voltmodels.graphs import cache as graph_cache, convert, parallel as task_runner
 from voltmodels.graphs.encoding import ELEMENT_PROPERTIES, property_slices
 
 
@@ -284,7 +284,7 @@ def test_cache_round_trip_reads_second_call_from_disk(tmp_path, monkeypatch):
     def no_featurizing(*args, **kwargs):
         raise AssertionError("a cached graph was recomputed")
 
-    monkeypatch.setattr(featurize, "_neighbor_graph", no_featurizing)
+    monkeypatch.setattr(convert, "_neighbor_graph", no_featurizing)
     cache = GraphCache(tmp_path, GraphSettings(gaussian_step=0.1))  # same graphs: step only shapes batches
     second = cache.get_many(inputs, n_jobs=1, progress=False)
     assert list(second.graphs) == list(first.graphs)
@@ -305,7 +305,7 @@ def lattice_series(n: int) -> list[Structure]:
 
 
 def test_parallel_featurization_matches_serial(tmp_path):
-    structures = lattice_series(featurize._MIN_ITEMS_FOR_POOL + 6)  # enough to use the process pool
+    structures = lattice_series(task_runner._MIN_ITEMS_FOR_POOL + 6)  # enough to use the process pool
     parallel = GraphCache(tmp_path / "parallel").get_many(structures, n_jobs=2, progress=False)
     assert not parallel.errors and list(parallel.graphs) == list(range(len(structures)))
     for i, structure in enumerate(structures):
@@ -326,17 +326,17 @@ def test_concurrent_writers_do_not_corrupt_the_cache(tmp_path, monkeypatch):
         writer.join(timeout=60)
         assert writer.exitcode == 0
     assert not list(tmp_path.rglob(".*.tmp"))
-    monkeypatch.setattr(featurize, "_neighbor_graph", lambda *a: pytest.fail("cache incomplete"))
+    monkeypatch.setattr(convert, "_neighbor_graph", lambda *a: pytest.fail("cache incomplete"))
     result = GraphCache(tmp_path).get_many(lattice_series(40), n_jobs=1, progress=False)
     assert len(result.graphs) == 40
 
 
 def test_many_small_calls_are_compacted(tmp_path):
     cache = GraphCache(tmp_path)
-    structures = lattice_series(featurize._MAX_SMALL_SHARDS + 4)
+    structures = lattice_series(graph_cache._MAX_SMALL_SHARDS + 4)
     for structure in structures:
         cache.get(structure)
-    assert len(list(cache.directory.glob("shard-*.npz"))) <= featurize._MAX_SMALL_SHARDS
+    assert len(list(cache.directory.glob("shard-*.npz"))) <= graph_cache._MAX_SMALL_SHARDS
     fresh = GraphCache(tmp_path)
     assert len(fresh) == len(structures)
     for structure in structures:

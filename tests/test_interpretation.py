@@ -13,10 +13,10 @@ import torch
 
 from tests.conftest import rocksalt, run_entry_point
 from voltmodels import interpretation as interp
-from voltmodels.data.structures import parse_structure
 from voltmodels.graphs.batch import collate
 from voltmodels.graphs.encoding import element_feature_table
-from voltmodels.graphs.featurize import GraphSettings, structure_to_graph
+from voltmodels.graphs.convert import parse_structure, structure_to_graph
+from voltmodels.graphs.graph import GraphSettings
 from voltmodels.model import CGCNN, CGCNNConfig
 
 SETTINGS = GraphSettings()

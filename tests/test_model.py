@@ -10,7 +10,8 @@ import torch
 
 from tests.conftest import rocksalt
 from voltmodels.graphs.batch import collate
-from voltmodels.graphs.featurize import GraphSettings, structure_to_graph
+from voltmodels.graphs.convert import structure_to_graph
+from voltmodels.graphs.graph import GraphSettings
 from voltmodels.model import CGCNN, CGCNNConfig, load_checkpoint, save_checkpoint
 from voltmodels.training import GraphSet, TrainConfig, conformal_halfwidth, fit_local_head, predict, train
 

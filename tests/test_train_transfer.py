@@ -123,7 +123,7 @@ def test_the_shared_multi_ion_model_is_trained_once_per_key(tmp_path):
     from voltmodels.data.dataset import CuratedDataset, save_dataset
     from voltmodels.data.sources import RawElectrodes
     from voltmodels.featurized import dataset_graphs
-    from voltmodels.graphs.featurize import GraphSettings
+    from voltmodels.graphs.graph import GraphSettings
     from voltmodels.model import CGCNNConfig
     from voltmodels.training import TrainConfig
     from voltmodels.transfer import shared_multi_ion_model

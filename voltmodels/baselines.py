@@ -38,8 +38,7 @@ import pandas as pd
 
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, cache_dir
 from voltmodels.data.curation import SPLIT_STRATEGIES
-from voltmodels.data.structures import parse_structure
-from voltmodels.graphs.featurize import structure_digest  # one content hash for every cache
+from voltmodels.graphs.convert import parse_structure, structure_digest  # one content hash for every cache
 
 #: Bump when featurize_structure's output changes for the same featurizer list (invalidates caches).
 FEATURE_VERSION = 2  # 2: rows keyed by the graph cache's structure digest

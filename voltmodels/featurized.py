@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from voltmodels.data.dataset import CuratedDataset
-from voltmodels.graphs.featurize import CrystalGraph, GraphCache, GraphSettings
+from voltmodels.graphs.cache import GraphCache
+from voltmodels.graphs.graph import CrystalGraph, GraphSettings
 
 
 def dataset_graphs(dataset: CuratedDataset, ion: str | None, settings: GraphSettings, progress: bool = True) -> tuple[dict[str, CrystalGraph], dict[str, str]]:

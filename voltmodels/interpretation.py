@@ -46,7 +46,7 @@ import torch
 from voltmodels.config import VoltmodelsError
 from voltmodels.graphs.batch import collate
 from voltmodels.graphs.encoding import COVALENT_RADII_PYYKKO, MAX_ATOMIC_NUMBER, element_feature_table
-from voltmodels.graphs.featurize import CrystalGraph, GraphSettings
+from voltmodels.graphs.graph import CrystalGraph, GraphSettings
 
 OXYGEN = 8
 DEFAULT_BOND_TOLERANCE = 1.3

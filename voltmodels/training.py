@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from voltmodels.config import torch_device
 from voltmodels.graphs.batch import collate
-from voltmodels.graphs.featurize import CrystalGraph, GraphSettings
+from voltmodels.graphs.graph import CrystalGraph, GraphSettings
 from voltmodels.model import CGCNN
 
 

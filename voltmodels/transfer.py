@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from voltmodels.graphs.featurize import GraphSettings
+from voltmodels.graphs.graph import GraphSettings
 from voltmodels.model import CGCNN, CGCNNConfig, load_checkpoint, save_checkpoint
 from voltmodels.training import GraphSet, TrainConfig, TrainResult, build_graph_sets, concat_graph_sets, predict, regression_metrics, train
 

@@ -15,7 +15,7 @@ from pymatgen.core import Structure
 
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
 from voltmodels.data.sources import RawElectrodes
-from voltmodels.data.structures import parse_structure
+from voltmodels.graphs.convert import parse_structure
 
 SPLIT_STRATEGIES = ("random", "framework")
 SPLIT_NAMES = ("train", "val", "test")

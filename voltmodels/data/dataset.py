@@ -22,7 +22,7 @@ from pymatgen.core import Structure
 
 from voltmodels.config import VoltmodelsError
 from voltmodels.data.curation import SPLIT_STRATEGIES, CurationResult, assign_splits
-from voltmodels.data.structures import parse_structure, structure_to_compact
+from voltmodels.graphs.convert import parse_structure, structure_to_compact
 
 ELECTRODES = "electrodes.csv"
 STRUCTURES = "structures.json.gz"

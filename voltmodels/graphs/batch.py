@@ -10,7 +10,7 @@ import torch
 
 from voltmodels.config import VoltmodelsError
 from voltmodels.graphs.encoding import element_feature_table
-from voltmodels.graphs.featurize import CrystalGraph, GraphSettings
+from voltmodels.graphs.graph import CrystalGraph, GraphSettings
 
 
 @dataclass

@@ -28,7 +28,8 @@ from voltmodels.data.dataset import load_dataset  # noqa: E402
 from voltmodels.featurized import dataset_graphs  # noqa: E402
 from voltmodels.graphs.graph import GraphSettings  # noqa: E402
 from voltmodels.model import CGCNN  # noqa: E402
-from voltmodels.training import build_graph_sets, predict, regression_metrics, train  # noqa: E402
+from voltmodels.training import build_graph_sets, predict, train  # noqa: E402
+from voltmodels.metrics import regression_metrics  # noqa: E402
 from voltmodels.tuning import DEFAULT_PARAMS, configs_from_params  # noqa: E402
 
 

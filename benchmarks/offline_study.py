@@ -52,9 +52,10 @@ from voltmodels.data.dataset import load_dataset  # noqa: E402
 from voltmodels.featurized import dataset_graphs  # noqa: E402
 from voltmodels.graphs.graph import GraphSettings  # noqa: E402
 from voltmodels.model import CGCNN, load_checkpoint, save_checkpoint  # noqa: E402
-from voltmodels.training import GraphSet, Pruned, build_graph_sets, concat_graph_sets, predict, regression_metrics, train  # noqa: E402
+from voltmodels.training import GraphSet, Pruned, build_graph_sets, concat_graph_sets, predict, train  # noqa: E402
+from voltmodels.metrics import regression_metrics, summarize  # noqa: E402
 from voltmodels.transfer import (  # noqa: E402
-    METHODS, MULTI_METHODS, TransferConfig, compare_methods, comparison_tables, multi_ion_cache_path, shared_multi_ion_model, split_sets_per_ion, summarize, with_selected,
+    METHODS, MULTI_METHODS, TransferConfig, compare_methods, comparison_tables, multi_ion_cache_path, shared_multi_ion_model, split_sets_per_ion, with_selected,
 )
 from voltmodels.tuning import DEFAULT_PARAMS, configs_from_params, create_study, optimize_capped, report_epoch, suggest  # noqa: E402
 

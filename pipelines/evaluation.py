@@ -12,7 +12,8 @@ import pandas as pd
 from serving.cgcnn_model import log_cgcnn_model
 from voltmodels import plots
 from voltmodels import registry
-from voltmodels.training import conformal_halfwidth, fit_local_head, predict, regression_metrics
+from voltmodels.training import conformal_halfwidth, fit_local_head, predict
+from voltmodels.metrics import regression_metrics
 from voltmodels.model import save_checkpoint
 
 

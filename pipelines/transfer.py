@@ -18,12 +18,13 @@ from voltmodels import plots
 from voltmodels.config import VoltmodelsError, cache_dir, set_torch_threads
 from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
+from voltmodels.metrics import summarize
 from voltmodels.registry import resolve_model_uri
 from voltmodels.model import CGCNN
 from voltmodels.tracking import finished_runs
 from voltmodels.training import build_graph_sets
 from voltmodels.transfer import (
-    METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, shared_multi_ion_model, summarize, with_selected,
+    METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, shared_multi_ion_model, with_selected,
 )
 from voltmodels.tuning import profile
 

@@ -146,7 +146,8 @@ def test_the_shared_multi_ion_model_is_trained_once_per_key(tmp_path):
 def test_the_selected_method_is_chosen_on_validation_not_on_test():
     import pandas as pd
 
-    from voltmodels.transfer import summarize, with_selected
+    from voltmodels.metrics import summarize
+    from voltmodels.transfer import with_selected
 
     rows = [  # per repeat: scratch wins on validation, finetune would win on test
         {"ion": "Mg", "split": "random", "repeat": r, "method": m, "val_mae": v, "test_mae": t, "test_rmse": t, "test_r2": 0.5}

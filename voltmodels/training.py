@@ -200,17 +200,6 @@ def train(
     return best
 
 
-def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict[str, float]:
-    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
-    err = y_pred - y_true
-    ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
-    return {
-        "mae": float(np.abs(err).mean()),
-        "rmse": float(np.sqrt((err**2).mean())),
-        "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
-    }
-
-
 @torch.no_grad()
 def fit_local_head(model: CGCNN, data: GraphSet, settings: GraphSettings, ridge: float = 1e-3) -> float:
     """Fit the paper's Eq. 2 local-voltage head with the body frozen; returns its train MAE in volts.

@@ -29,7 +29,8 @@ import pandas as pd
 
 from voltmodels.graphs.graph import GraphSettings
 from voltmodels.model import CGCNN, CGCNNConfig, load_checkpoint, save_checkpoint
-from voltmodels.training import GraphSet, TrainConfig, TrainResult, build_graph_sets, concat_graph_sets, predict, regression_metrics, train
+from voltmodels.training import GraphSet, TrainConfig, TrainResult, build_graph_sets, concat_graph_sets, predict, train
+from voltmodels.metrics import regression_metrics
 
 METHODS = ("li_direct", "scratch", "freeze", "finetune")
 MULTI_METHODS = ("multi_direct", "multi_finetune")  # need a shared multi-ion model of the split
@@ -201,10 +202,3 @@ def with_selected(records: pd.DataFrame, candidates=REGISTERED_METHODS) -> pd.Da
         return records
     best = pool.loc[pool.groupby(["ion", "split", "repeat"], sort=False)["val_mae"].idxmin()]
     return pd.concat([records, best.assign(selected_method=best["method"], method="selected")], ignore_index=True)
-
-
-def summarize(records: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over repeats per ion, split and method, from `MethodOutcome.record` rows."""
-    return records.groupby(["ion", "split", "method"], sort=False).agg(
-        mae_mean=("test_mae", "mean"), mae_std=("test_mae", "std"), rmse_mean=("test_rmse", "mean"), r2_mean=("test_r2", "mean"), val_mae_mean=("val_mae", "mean")
-    ).reset_index()

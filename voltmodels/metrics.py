@@ -1,0 +1,50 @@
+"""Regression metrics and their summary over seeded repeats: one definition for CGCNN, transfer and baselines."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict[str, float]:
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    err = y_pred - y_true
+    ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
+    return {
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
+    }
+
+
+def repeat_std(values) -> float:
+    """Sample standard deviation (ddof=1) over repeats, missing values dropped; NaN for fewer than two."""
+    values = pd.Series(values, dtype=float).dropna()
+    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
+def summarize(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (ion, split, method): mean / std over repeats of the test metrics (std NaN for one repeat),
+    mean validation MAE, and `n_train` / `n_test` of the first repeat when the records have them."""
+    counts = [c for c in ("n_train", "n_test") if c in records.columns]
+    columns = ["ion", "split", "method", "n_repeats", "mae_mean", "mae_std", "rmse_mean", "rmse_std", "r2_mean", "val_mae_mean", *counts]
+    rows = []
+    for (ion, split, method), group in records.groupby(["ion", "split", "method"], sort=False):
+        rows.append(
+            {
+                "ion": ion,
+                "split": split,
+                "method": method,
+                "n_repeats": len(group),
+                "mae_mean": group["test_mae"].mean(),
+                "mae_std": repeat_std(group["test_mae"]),
+                "rmse_mean": group["test_rmse"].mean(),
+                "rmse_std": repeat_std(group["test_rmse"]),
+                "r2_mean": group["test_r2"].mean(),
+                "val_mae_mean": group["val_mae"].mean() if "val_mae" in group else np.nan,
+                **{count: int(group[count].iloc[0]) for count in counts},
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)

@@ -116,17 +116,23 @@ def test_freezing_trains_only_the_hidden_and_output_layers():
 
 
 def test_local_voltages_average_to_the_local_head_prediction():
+    """Eq. 2: a crystal's local-head voltage, local_head(mean-pooled atom vectors), is the mean of its atoms'
+    local voltages (the head is linear, pooling is a mean); fit_local_head fits those crystal voltages."""
     data = toy_set(30, seed=5)
     model = small_model().eval()
     model.set_target_scaler(data.targets.mean(), data.targets.std())
-    fit_local_head(model, data, SETTINGS)
+    train_mae = fit_local_head(model, data, SETTINGS)
     batch = collate(data.graphs, SETTINGS)
     with torch.no_grad():
-        local = model.local_voltages(batch)
+        local = model.local_voltages(batch).double()
         pooled = model.pooled(batch)
-        from_head = model.local_head(pooled).squeeze(1) * model.target_std + model.target_mean
-    per_crystal = torch.zeros(len(data)).index_add_(0, batch.crystal_index, local) / torch.bincount(batch.crystal_index)
-    assert torch.allclose(per_crystal, from_head, atol=1e-4)
+        from_head = (model.local_head(pooled).squeeze(1) * model.target_std + model.target_mean).double()
+    assert local.shape == (len(batch.crystal_index),)
+    per_crystal = torch.zeros(len(data), dtype=torch.float64).index_add_(0, batch.crystal_index, local) / torch.bincount(batch.crystal_index)
+    torch.testing.assert_close(per_crystal, from_head, rtol=0, atol=1e-5)
+    # The crystal voltages the local voltages reproduce are the ones fit_local_head fitted: its MAE is theirs.
+    targets = torch.as_tensor(data.targets, dtype=torch.float64)
+    assert float((per_crystal - targets).abs().mean()) == pytest.approx(train_mae, abs=1e-5)
 
 
 def test_checkpoint_round_trip(tmp_path):

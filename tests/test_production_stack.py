@@ -9,7 +9,8 @@ them the module is skipped; with them every failure is a failure.
 Artifact mode (VOLTMODELS_TEST_ARTIFACT_MODE): `direct` (default) - `--default-artifact-root s3://...`,
 clients write to S3 themselves; `proxy` - `--serve-artifacts --artifacts-destination s3://...`,
 clients go through the server (mlflow-artifacts:/ URIs; needs curate to turn that URI into an
-http(s) dataset source, see docs/production.md).
+http(s) dataset source and MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false, see docs/production.md,
+"Artifacts").
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from serving.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +40,6 @@ FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", 
 
 # --------------------------------------------------------------------------------------------------
 # Services and a tracking server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def libpq_url(sqlalchemy_url: str) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from serving.cgcnn_model import log_cgcnn_model
+from serving.packaging import example_request
 from voltmodels import plots
 from voltmodels import registry
 from voltmodels.training import conformal_halfwidth, fit_local_head, predict
@@ -18,9 +19,8 @@ from voltmodels.model import save_checkpoint
 
 
 def input_example(dataset, rows: pd.DataFrame, ion: str, n: int = 2) -> pd.DataFrame:
-    """Real discharged structures of the ion as CIF text: the signature's example request."""
-    ids = rows["id_discharge"].head(n)
-    return pd.DataFrame({"structure": [dataset.structures[m].to(fmt="cif") for m in ids], "working_ion": ion})
+    """The first `n` discharged structures of `rows`: the signature's example request."""
+    return example_request([dataset.structures[m] for m in rows["id_discharge"].head(n)], ion)
 
 
 def evaluate(model, sets, settings) -> tuple[dict, dict]:

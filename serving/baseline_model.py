@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+
+from serving.packaging import PACKAGE_DIRS, example_request, pinned
 
 PIPELINE_ARTIFACT = "pipeline"
 META_ARTIFACT = "meta"
@@ -51,29 +52,8 @@ class BaselineVoltageModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"voltage": voltage, "model_name": [self.model_name] * len(voltage)})
 
 
-def code_paths() -> list[str]:
-    """The voltmodels and serving package folders, located from the modules (not the working directory)."""
-    import serving
-    import voltmodels
-
-    return [str(Path(voltmodels.__file__).resolve().parent), str(Path(serving.__file__).resolve().parent)]
-
-
 def pip_requirements() -> list[str]:
-    pins = []
-    for package in REQUIREMENTS:
-        try:
-            pins.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            pins.append(package)
-    return pins
-
-
-def input_example(structure, ion: str) -> pd.DataFrame:
-    """A one-row request holding the CIF text of a real (curated) structure."""
-    from pymatgen.io.cif import CifWriter
-
-    return pd.DataFrame({"structure": [str(CifWriter(structure))], "working_ion": [ion]})
+    return pinned(REQUIREMENTS)
 
 
 def log_baseline_model(pipeline, *, method: str, ion: str, model_name: str, example_structure, hyperparameters: dict, name: str | None = None):
@@ -83,7 +63,7 @@ def log_baseline_model(pipeline, *, method: str, ion: str, model_name: str, exam
 
     from voltmodels.baselines import FEATURE_VERSION, feature_names, feature_set_key
 
-    example = input_example(example_structure, ion)
+    example = example_request([example_structure], ion)
     meta = {
         "method": method,
         "ion": ion,
@@ -110,7 +90,7 @@ def log_baseline_model(pipeline, *, method: str, ion: str, model_name: str, exam
             name=name or method,
             python_model=model,
             artifacts=artifacts,
-            code_paths=code_paths(),
+            code_paths=PACKAGE_DIRS,
             pip_requirements=pip_requirements(),
             signature=infer_signature(example, example_output),
             input_example=example,

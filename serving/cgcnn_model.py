@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 
 from serving.inputs import invalid, parse_rows
+from serving.packaging import PACKAGE_DIRS, pinned  # noqa: F401 (PACKAGE_DIRS: re-exported for serving/router.py)
 from voltmodels.graphs.convert import structure_to_graph
 from voltmodels.graphs.graph import GraphSettings
 from voltmodels.config import VoltmodelsError
 
-PACKAGE_DIRS = [str(Path(__file__).resolve().parent.parent / p) for p in ("voltmodels", "serving")]
+#: Packages the served CGCNN imports (directly or through voltmodels / serving.inputs).
+REQUIREMENTS = ("mlflow", "torch", "pymatgen", "scikit-learn", "pandas", "numpy", "tqdm")
 
 
 def pip_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    import sklearn
-    import torch
-
-    return [
-        f"mlflow=={mlflow.__version__}",
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"pymatgen=={version('pymatgen')}",
-        f"scikit-learn=={sklearn.__version__}",
-        "pandas<3",
-        "numpy",
-        "tqdm",
-    ]
+    return pinned(REQUIREMENTS)
 
 
 def graphs_for_rows(structures, settings, rows=None):

@@ -1,0 +1,30 @@
+"""What every logged voltmodels pyfunc carries: pinned pip requirements, the package folders as code
+paths, and an example request of real structures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pandas as pd
+
+#: The voltmodels and serving package folders, located from this file (not the working directory).
+PACKAGE_DIRS = [str(Path(__file__).resolve().parent.parent / p) for p in ("voltmodels", "serving")]
+
+
+def pinned(packages: Iterable[str]) -> list[str]:
+    """`name==version` of each package as installed here (importlib.metadata; a local build tag such as
+    torch's `+cpu` dropped, since indexes do not serve it); a package not installed stays unpinned."""
+    pins = []
+    for package in packages:
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def example_request(structures: Sequence, ion: str) -> pd.DataFrame:
+    """A request of real structures as CIF text, one row each: the example logged with a model's signature."""
+    return pd.DataFrame({"structure": [structure.to(fmt="cif") for structure in structures], "working_ion": [ion] * len(structures)})

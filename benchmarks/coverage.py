@@ -54,16 +54,16 @@ def coverage_rows(client=None) -> list[dict]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from voltmodels import registry
+    from voltmodels import registry, tracking
 
     client = client or MlflowClient()
     prefix = registry.cgcnn_name("")
     wanted = {}
     for model in client.search_registered_models(filter_string=f"name LIKE '{prefix}%'", max_results=1000):
-        version = registry.champion_version(model.name)
+        version = tracking.champion_version(model.name)
         if version is not None:
             wanted[(model.name, str(version.version))] = {"alias": "champion"}
-    router = registry.champion_version(registry.ROUTER_NAME)
+    router = tracking.champion_version(registry.ROUTER_NAME)
     if router is not None:
         for key, value in router.tags.items():
             if key.startswith("member_") and ":" in value:

@@ -11,7 +11,7 @@ registry has it, else the reference CGCNN defaults.
 from __future__ import annotations
 
 import argparse
-import ast
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +22,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine_line  # noqa: E402
 from pipelines.common import setup_tracking  # noqa: E402
-from voltmodels import baselines, registry  # noqa: E402
+from voltmodels import baselines, registry, tracking  # noqa: E402
 from voltmodels.config import set_torch_threads  # noqa: E402
 from voltmodels.data.dataset import load_dataset  # noqa: E402
 from voltmodels.featurized import dataset_graphs  # noqa: E402
@@ -34,9 +34,9 @@ from voltmodels.tuning import DEFAULT_PARAMS, configs_from_params  # noqa: E402
 
 
 def champion_params() -> dict:
-    version = registry.champion_version(registry.cgcnn_name("Li"))
+    version = tracking.champion_version(registry.cgcnn_name("Li"))
     if version is not None and "trial_params" in version.tags:
-        return ast.literal_eval(version.tags["trial_params"])
+        return json.loads(version.tags["trial_params"])
     return dict(DEFAULT_PARAMS)
 
 

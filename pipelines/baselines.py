@@ -23,7 +23,8 @@ from voltmodels import plots
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
 from voltmodels.data.curation import SPLIT_STRATEGIES
 from voltmodels.data.dataset import load_dataset
-from voltmodels.registry import baseline_name, register
+from voltmodels.registry import baseline_name
+from voltmodels.tracking import register
 
 STEP = "baselines"
 

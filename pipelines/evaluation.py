@@ -12,7 +12,7 @@ import pandas as pd
 from serving.cgcnn_model import log_cgcnn_model
 from serving.packaging import example_request
 from voltmodels import plots
-from voltmodels import registry
+from voltmodels import registry, tracking
 from voltmodels.training import conformal_halfwidth, fit_local_head, predict
 from voltmodels.metrics import regression_metrics
 from voltmodels.model import save_checkpoint
@@ -58,7 +58,7 @@ def log_final_model(
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "checkpoint.pt"
         save_checkpoint(model, checkpoint, settings.to_dict(), {"ion": ion, "conformal_halfwidth": halfwidth, "dataset_digest": dataset.digest, "method": method})
-        info = log_cgcnn_model(str(checkpoint), f"cgcnn-{ion}-{method}", input_example(dataset, rows, ion), name, registry.next_version(name) if register else "")
+        info = log_cgcnn_model(str(checkpoint), f"cgcnn-{ion}-{method}", input_example(dataset, rows, ion), name, tracking.next_version(name) if register else "")
     mlflow.log_metrics(metrics, model_id=info.model_id)
     if not register:
         return None
@@ -73,6 +73,6 @@ def log_final_model(
     }
     selection = metrics["val_mae"] if selection_val_mae is None else selection_val_mae
     version_tags["val_mae_this_split"] = f"{metrics['val_mae']:.4f}"
-    version, promoted = registry.register(info.model_uri, name, selection, version_tags)
+    version, promoted = tracking.register(info.model_uri, name, selection, version_tags)
     mlflow.set_tags({"registered_model": name, "registered_version": version, "became_champion": str(promoted).lower()})
     return version

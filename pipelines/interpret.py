@@ -24,13 +24,12 @@ import numpy as np
 import pandas as pd
 
 from pipelines.common import as_int, main_guard, step_run
-from pipelines.transfer import load_base
 from voltmodels import interpretation as interp
 from voltmodels import plots, registry
 from voltmodels.config import VoltmodelsError, set_torch_threads
 from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
-from voltmodels.tracking import finished_runs
+from voltmodels.tracking import finished_runs, load_cgcnn, registered_version
 
 STEP = "interpret"
 GINI_TOP = "importance/rfr_gini_top20.csv"
@@ -57,20 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def model_version_info(uri: str) -> dict:
     """Version, run and dataset digest of a `models:/name@alias` or `models:/name/version` URI, when known."""
-    from mlflow.tracking import MlflowClient
-
-    if not uri.startswith("models:/"):
-        return {}
-    name_ref = uri[len("models:/") :]
     try:
-        client = MlflowClient()
-        if "@" in name_ref:
-            name, alias = name_ref.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = name_ref.rsplit("/", 1)
-            version = client.get_model_version(name, number)
-    except Exception:  # a URI form we do not parse, or a store without versions: just less metadata
+        version = registered_version(uri)
+    except Exception:  # a store without versions: just less metadata
+        return {}
+    if version is None:  # a URI form other than models:/name@alias or models:/name/version
         return {}
     return {"name": version.name, "version": str(version.version), "run_id": version.run_id, **{k: version.tags[k] for k in ("ion", "method", "dataset_digest") if k in version.tags}}
 
@@ -119,7 +109,7 @@ def interpret(args) -> dict:
     uri = args.model or f"models:/{registry.cgcnn_name(args.ion)}@{registry.CHAMPION}"
     dataset = load_dataset(args.dataset)
     rows = dataset.rows(args.ion)  # one clear sentence for an ion the dataset lacks
-    model, settings = load_base(uri)
+    model, settings = load_cgcnn(uri)
     version = model_version_info(uri)
     mlflow.set_tags({"ion": args.ion, "dataset_digest": dataset.digest, "model_uri": uri, **({"model_version": version["version"]} if "version" in version else {})})
 

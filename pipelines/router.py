@@ -17,7 +17,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipelines.common import main_guard, step_run
-from voltmodels import registry
+from voltmodels import registry, tracking
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
 
 PREFIX = registry.cgcnn_name("")
@@ -55,7 +55,7 @@ def champion_members(ions: str = "all") -> dict:
     candidates: dict[str, list] = {}
     for prefix in PREFIXES:
         for name in _registered(prefix):
-            version = registry.champion_version(name)
+            version = tracking.champion_version(name)
             if version is not None:
                 candidates.setdefault(name[len(prefix) :], []).append(version)
     wanted = None if ions.strip().lower() == "all" else {i.strip() for i in ions.split(",") if i.strip()}
@@ -109,7 +109,7 @@ def main(argv=None) -> str | None:
             folders = {}
             for ion, v in champions.items():
                 folders[ion] = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{v.name}/{v.version}", dst_path=str(Path(tmp) / f"{v.name}-v{v.version}"))
-            info = log_router_model(members, folders, registry.ROUTER_NAME, registry.next_version(registry.ROUTER_NAME) if register else "")
+            info = log_router_model(members, folders, registry.ROUTER_NAME, tracking.next_version(registry.ROUTER_NAME) if register else "")
         if not register:
             print(f"Router logged as {info.model_uri} (not registered)")
             return run.info.run_id
@@ -120,7 +120,7 @@ def main(argv=None) -> str | None:
                 tags[f"test_interval_coverage_{ion}"] = m["test_interval_coverage"]
         description = "Routes rows by working_ion to: " + ", ".join(f"{m['name']} v{m['version']}" for m in members.values())
         # val_mae: mean of the members' (informative; the router's quality is its members').
-        version, promoted = registry.register(info.model_uri, registry.ROUTER_NAME, sum(maes) / len(maes) if maes else float("inf"), tags, description)
+        version, promoted = tracking.register(info.model_uri, registry.ROUTER_NAME, sum(maes) / len(maes) if maes else float("inf"), tags, description)
         if args.promote == "true" and not promoted:
             client = MlflowClient()
             client.set_registered_model_alias(registry.ROUTER_NAME, registry.CHAMPION, version)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -170,7 +171,7 @@ def main(argv=None) -> str | None:
         model, _, _ = load_checkpoint(checkpoint)
         version = log_final_model(
             model, ION, sets, settings, dataset, rows, register=args.register == "true",
-            tags={"trial_params": best.params, "optuna_study": study_name, "best_trial": best.number},
+            tags={"trial_params": json.dumps(best.params, sort_keys=True), "optuna_study": study_name, "best_trial": best.number},
         )
         print(f"Li model: best trial {best.number} val MAE {best.value:.3f} V; registered version {version}")
     return parent.info.run_id

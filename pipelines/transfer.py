@@ -4,7 +4,7 @@ scratch, fine-tuning and the SVR/KRR/RFR baselines; the best transferred model i
 from __future__ import annotations
 
 import argparse
-import ast
+import json
 import re
 import sys
 
@@ -19,9 +19,8 @@ from voltmodels.config import VoltmodelsError, cache_dir, set_torch_threads
 from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
 from voltmodels.metrics import summarize
-from voltmodels.registry import resolve_model_uri
 from voltmodels.model import CGCNN
-from voltmodels.tracking import finished_runs
+from voltmodels.tracking import finished_runs, load_cgcnn, registered_version
 from voltmodels.training import build_graph_sets
 from voltmodels.transfer import (
     METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, shared_multi_ion_model, with_selected,
@@ -52,17 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_base(uri: str):
-    resolve_model_uri(uri)
-    try:
-        wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    except Exception as exc:  # the registry/artifact store raise many types
-        raise VoltmodelsError(f"Base model {uri} could not be loaded ({type(exc).__name__}: {exc}).") from exc
-    if not hasattr(wrapper, "model") or not hasattr(wrapper, "settings"):
-        raise VoltmodelsError(f"Base model {uri} is not a voltmodels CGCNN model.")
-    return wrapper.model, wrapper.settings
-
-
 def baseline_metrics(ion: str, digest: str) -> dict[str, float]:
     """MAE mean/std of the latest baselines run for this ion and dataset, when one exists."""
     runs = finished_runs(f"tags.ion = '{ion}' and tags.dataset_digest = '{digest}'")
@@ -88,14 +76,12 @@ def baseline_rows(ion: str, digest: str) -> pd.DataFrame:
 def multi_ion_hyperparameters(base_uri: str) -> dict:
     """The base model's tuned learning rate, weight decay and batch size (its `trial_params` version
     tag), for the shared multi-ion model; {} when the base is not a tuned registered version."""
-    if not base_uri.startswith("models:/"):
+    version = registered_version(base_uri)
+    if version is None:  # not a registered version (e.g. a LoggedModel URI): the defaults apply
         return {}
-    name, _, ref = base_uri[len("models:/"):].partition("@")
     try:
-        client = mlflow.MlflowClient()
-        version = client.get_model_version_by_alias(name, ref) if ref else client.get_model_version(*name.split("/", 1))
-        params = ast.literal_eval(version.tags.get("trial_params", "{}"))
-    except Exception:  # a LoggedModel id, a version without the tag: the defaults apply
+        params = json.loads(version.tags.get("trial_params", "{}"))
+    except ValueError:  # a tag that is not JSON: the defaults apply
         return {}
     keys = {"learning_rate": "lr_multi", "weight_decay": "multi_weight_decay", "batch_size": "multi_batch_size"}
     return {field: type(getattr(TransferConfig, field))(params[key]) for key, field in keys.items() if key in params}
@@ -181,7 +167,7 @@ def main(argv=None) -> str:
     prof = profile(args.profile)
     with step_run("transfer", vars(args)) as parent:
         dataset = load_dataset(args.dataset)
-        base, settings = load_base(args.base_model)
+        base, settings = load_cgcnn(args.base_model)
         ions = [i for i in dataset.ions if i != "Li"] if args.ion == "all" else [i.strip() for i in args.ion.split(",") if i.strip()]
         for ion in ions:
             if ion not in dataset.ions:

@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, run_entry_point
-from voltmodels import registry
+from voltmodels import tracking
 
 
 def test_train_li_registers_a_champion_with_metrics(li_champion):
@@ -26,12 +26,12 @@ def test_train_li_registers_a_champion_with_metrics(li_champion):
 
 
 def test_champion_moves_only_on_better_validation(li_champion):
-    champion = registry.champion_version("voltage-cgcnn-Li")
+    champion = tracking.champion_version("voltage-cgcnn-Li")
     uri = f"models:/voltage-cgcnn-Li/{champion.version}"
-    worse, moved = registry.register(uri, "voltage-cgcnn-Li", float(champion.tags["val_mae"]) + 1.0, {"note": "worse"})
-    assert not moved and registry.champion_version("voltage-cgcnn-Li").version == champion.version
-    better, moved = registry.register(uri, "voltage-cgcnn-Li", float(champion.tags["val_mae"]) - 0.01, {"note": "better"})
-    assert moved and registry.champion_version("voltage-cgcnn-Li").version == better
+    worse, moved = tracking.register(uri, "voltage-cgcnn-Li", float(champion.tags["val_mae"]) + 1.0, {"note": "worse"})
+    assert not moved and tracking.champion_version("voltage-cgcnn-Li").version == champion.version
+    better, moved = tracking.register(uri, "voltage-cgcnn-Li", float(champion.tags["val_mae"]) - 0.01, {"note": "better"})
+    assert moved and tracking.champion_version("voltage-cgcnn-Li").version == better
     MlflowClient().set_registered_model_alias("voltage-cgcnn-Li", "champion", champion.version)  # restore for other tests
 
 
@@ -54,7 +54,7 @@ def test_transfer_logs_every_method_on_both_splits(mg_transfer):
 
 
 def test_transfer_registers_an_ion_champion(mg_transfer):
-    champion = registry.champion_version("voltage-cgcnn-Mg")
+    champion = tracking.champion_version("voltage-cgcnn-Mg")
     assert champion is not None
     assert champion.tags["mode"] in ("scratch", "freeze", "finetune")
     versions = MlflowClient().search_model_versions("name = 'voltage-cgcnn-Mg'")

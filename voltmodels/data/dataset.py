@@ -129,26 +129,6 @@ def load_dataset(reference: str | None = None) -> CuratedDataset:
         if not (folder / MANIFEST).is_file():
             raise VoltmodelsError(f"{folder} is not a curated dataset folder (no {MANIFEST}).")
         return CuratedDataset(folder)
-    import mlflow
+    from voltmodels.tracking import curate_run_dataset_folder  # the one MLflow adapter
 
-    from voltmodels.config import cache_dir
-
-    run_id = reference if reference and reference != "latest" else latest_curate_run_id()
-    # Runs are immutable once finished, so a downloaded copy is reused by every later step.
-    local_copy = cache_dir() / "datasets" / run_id / ARTIFACT_PATH
-    if (local_copy / MANIFEST).is_file():
-        return CuratedDataset(local_copy)
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_PATH, dst_path=str(local_copy.parent))
-    except Exception as exc:  # MLflow raises different types per store for unknown runs
-        raise VoltmodelsError(f"Dataset {reference!r} is neither a dataset folder nor a curate run with a dataset artifact ({exc}).") from exc
-    return CuratedDataset(Path(local))
-
-
-def latest_curate_run_id() -> str:
-    from voltmodels.tracking import finished_runs
-
-    runs = finished_runs(f"tags.`voltmodels.step` = '{CURATE_STEP}'", max_results=1)
-    if not runs:
-        raise VoltmodelsError("No finished curate run in the tracking store; run `mlflow run . -e curate` first or pass -P dataset=PATH.")
-    return runs[0].info.run_id
+    return CuratedDataset(curate_run_dataset_folder(reference))

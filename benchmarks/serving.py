@@ -152,6 +152,7 @@ def breakdown(model_uri: str, cif: str, n: int = 100) -> list[tuple[str, float]]
     router = model.unwrap_python_model().router
     frame = pd.DataFrame({"structure": [cif], "working_ion": ["Li"]})
     predictor = router.predictors["Li"]
+    # Not a public API, but what is timed here: the handler `mlflow models serve` runs per request.
     from mlflow.pyfunc.scoring_server import invocations
 
     payload = body([(cif, "Li")])

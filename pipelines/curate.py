@@ -64,6 +64,7 @@ def main(argv=None) -> str:
         if source.startswith("mlflow-artifacts:"):
             # A server proxying artifacts (--serve-artifacts): no dataset-source resolver knows this
             # scheme, so record the server's HTTP URL of the file instead.
+            # No public MLflow API turns an mlflow-artifacts:/ URI into the server's HTTP URL; this static method is MLflow's own rule.
             from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
             source = MlflowArtifactsRepository.resolve_uri(source, mlflow.get_tracking_uri())

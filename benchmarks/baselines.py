@@ -13,8 +13,6 @@ For a fair wall time on a shared machine, run it with ``OPENBLAS_NUM_THREADS=1 n
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,29 +22,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import machine_line  # noqa: E402
 from voltmodels import baselines as bl  # noqa: E402
 from voltmodels.config import SUPPORTED_IONS  # noqa: E402
 from voltmodels.data.curation import SPLIT_STRATEGIES  # noqa: E402
 from voltmodels.data.dataset import load_dataset  # noqa: E402
-
-
-def machine() -> str:
-    from importlib.metadata import version
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"machine: {platform.platform()}, {cpu}, cpu_count={os.cpu_count()}, load average {load[0]:.1f}, "
-        f"python {platform.python_version()}, scikit-learn {version('scikit-learn')}, matminer {version('matminer')}, "
-        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}"
-    )
 
 
 def mean_predictor(dataset, ion: str, strategy: str, n_repeats: int) -> list[float]:
@@ -69,7 +49,7 @@ def main() -> None:
     parser.add_argument("--out", default="", help="also write the per-repeat records to this CSV")
     args = parser.parse_args()
 
-    print(machine(), flush=True)
+    print(machine_line(("scikit-learn", "matminer"), env=("OPENBLAS_NUM_THREADS",)), flush=True)
     wall = time.perf_counter()
     dataset = load_dataset(args.dataset)
     ions = [i for i in SUPPORTED_IONS if i in dataset.ions] if args.ions == "all" else args.ions.split(",")

@@ -21,7 +21,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -29,10 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import machine_line  # noqa: E402
 from voltmodels.config import project_root, resolve_snapshot  # noqa: E402
 from voltmodels.graphs import GraphCache, GraphSettings, structure_to_graph  # noqa: E402
 
@@ -67,11 +66,7 @@ def main() -> None:
     snapshot = resolve_snapshot(args.snapshot) or (project_root().parent / "shared" / "data").resolve()
     from pymatgen.core import Structure
 
-    print(
-        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"cpu_count={os.cpu_count()}, python {platform.python_version()}, torch {torch.__version__}, "
-        f"numpy {np.__version__}"
-    )
+    print(machine_line(("torch", "numpy")))
     # The cores may be shared: a load average above the core count means the timings below are inflated.
     print("load average (1, 5, 15 min) before: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     settings = GraphSettings()

@@ -33,7 +33,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,25 +44,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import machine_line  # noqa: E402
 from serving.processes import ServerProcess, free_port  # noqa: E402
 from voltmodels.config import default_tracking_uri, resolve_snapshot  # noqa: E402
 
 CIF_FILE = "mp_electrode_structures_cif.json.gz"
-
-
-def machine() -> str:
-    import mlflow
-    import torch
-
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (
-        f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | cpus {os.cpu_count()} (usable {affinity}) | "
-        f"load avg {load}\nsoftware: Python {platform.python_version()} | torch {torch.__version__} | mlflow {mlflow.__version__}"
-    )
 
 
 def pick_structures(snapshot: Path, n_batch: int = 100, target_sites: int = 30):
@@ -244,7 +229,7 @@ def main(argv=None) -> None:
     from pymatgen.core import Structure
 
     single_json = Structure.from_str(single_cif, fmt="cif").to_json()
-    print(machine())
+    print(machine_line(("torch", "mlflow")))
     print(f"model: {args.model_uri} ({tracking_uri}); workers {args.workers}, torch threads {args.threads}")
     if args.potential_modes:
         print("\n| scenario | requests | p50 ms | p90 ms | p99 ms | throughput | errors |\n|---|---|---|---|---|---|---|")

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine_line  # noqa: E402
 from voltmodels import baselines as bl  # noqa: E402
-from voltmodels.config import SUPPORTED_IONS  # noqa: E402
+from voltmodels.config import SUPPORTED_IONS, parse_ions  # noqa: E402
 from voltmodels.data.curation import SPLIT_STRATEGIES  # noqa: E402
 from voltmodels.data.dataset import load_dataset  # noqa: E402
 
@@ -52,7 +52,7 @@ def main() -> None:
     print(machine_line(("scikit-learn", "matminer"), env=("OPENBLAS_NUM_THREADS",)), flush=True)
     wall = time.perf_counter()
     dataset = load_dataset(args.dataset)
-    ions = [i for i in SUPPORTED_IONS if i in dataset.ions] if args.ions == "all" else args.ions.split(",")
+    ions = parse_ions(args.ions, every=[i for i in SUPPORTED_IONS if i in dataset.ions])
     strategies = SPLIT_STRATEGIES if args.split == "both" else (args.split,)
     print(f"dataset {dataset.digest}: {len(dataset.table)} electrodes; profile {args.profile}, {args.n_repeats} repeats, "
           f"splits {', '.join(strategies)}; {len(bl.feature_names())} features (set {bl.feature_set_key()})", flush=True)

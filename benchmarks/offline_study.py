@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from voltmodels.config import set_torch_threads, torch_device  # noqa: E402
+from voltmodels.config import SUPPORTED_IONS, parse_ions, set_torch_threads, torch_device  # noqa: E402
 from voltmodels.data.dataset import load_dataset  # noqa: E402
 from voltmodels.featurized import dataset_graphs  # noqa: E402
 from voltmodels.graphs.graph import GraphSettings  # noqa: E402
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> None:
     stamp = lambda: f"[{time.time() - start:6.0f} s]"  # noqa: E731
     dataset = load_dataset(args.dataset)
     print(f"dataset {dataset.digest}; device {torch_device()}; {args.workers} workers", flush=True)
-    ions = [i for i in args.ions.split(",") if i]
+    ions = parse_ions(args.ions, every=SUPPORTED_IONS[1:])
     pool = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(args,))
     try:
         if "search" in args.phases and args.n_trials:

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine_line  # noqa: E402
 from pipelines.common import setup_tracking  # noqa: E402
 from pipelines.transfer import baseline_rows  # noqa: E402
+from voltmodels.config import SUPPORTED_IONS, parse_ions  # noqa: E402
 from voltmodels.tracking import finished_runs  # noqa: E402
 from voltmodels.transfer import METHODS, MULTI_METHODS, comparison_tables  # noqa: E402
 
@@ -57,7 +58,7 @@ def main() -> None:
     args = p.parse_args()
     print(machine_line())
     setup_tracking()
-    ions = [i.strip() for i in args.ions.split(",") if i.strip()]
+    ions = parse_ions(args.ions, every=SUPPORTED_IONS[1:])
     if args.run:
         started = time.perf_counter()  # one run for all ions: the multi-ion models are trained once per split
         subprocess.run(

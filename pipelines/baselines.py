@@ -20,7 +20,7 @@ import pandas as pd
 from pipelines.common import check_profile, main_guard, step_run
 from voltmodels import baselines as bl
 from voltmodels import plots
-from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
+from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, parse_ions
 from voltmodels.data.curation import SPLIT_STRATEGIES
 from voltmodels.data.dataset import load_dataset
 from voltmodels.registry import baseline_name
@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_ions(value: str, dataset) -> list[str]:
     """Ions to run; `all` skips (with a note) ions below the row minimum, an explicit ion raises."""
-    if value.strip() in ("", "all"):
+    ions = parse_ions(value, every=None)
+    if ions is None:
         counts = dataset.table["working_ion"].value_counts()
         ions = [i for i in SUPPORTED_IONS if counts.get(i, 0) >= bl.MIN_ROWS]
         skipped = [f"{i} ({counts[i]})" for i in SUPPORTED_IONS if 0 < counts.get(i, 0) < bl.MIN_ROWS]
@@ -53,7 +54,6 @@ def resolve_ions(value: str, dataset) -> list[str]:
         if not ions:
             raise VoltmodelsError(f"The dataset {dataset.digest} has no working ion with at least {bl.MIN_ROWS} electrodes.")
         return ions
-    ions = list(dict.fromkeys(i.strip() for i in value.split(",") if i.strip()))
     for ion in ions:
         bl.check_ion(dataset, ion)
     return ions

@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 
 from pipelines.common import as_int, main_guard, step_run
-from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
+from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, parse_ions
 from voltmodels.data.curation import CurationParams, curate
 from voltmodels.data.dataset import ARTIFACT_PATH, CURATE_STEP, save_dataset
 from voltmodels.data.sources import load_from_mp, load_snapshot
@@ -31,10 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_ions(value: str) -> tuple[str, ...]:
-    if value in ("", "all"):
-        return SUPPORTED_IONS
-    ions = tuple(i.strip() for i in value.split(",") if i.strip())
+def checked_ions(value: str) -> tuple[str, ...]:
+    ions = tuple(parse_ions(value))
     unknown = [i for i in ions if i not in SUPPORTED_IONS]
     if unknown:
         raise VoltmodelsError(f"Unknown working ion(s) {', '.join(unknown)}; supported: {', '.join(SUPPORTED_IONS)}.")
@@ -44,7 +42,7 @@ def parse_ions(value: str) -> tuple[str, ...]:
 @main_guard
 def main(argv=None) -> str:
     args = parse_args(argv)
-    ions = parse_ions(args.ions)
+    ions = checked_ions(args.ions)
     params = CurationParams(
         max_voltage_disagreement=args.max_voltage_disagreement,
         duplicate_tolerance=args.duplicate_tolerance,

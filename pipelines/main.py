@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils import mlflow_tags
 
 from pipelines.common import main_guard, setup_tracking
+from voltmodels.config import parse_ions
 
 PROJECT = str(Path(__file__).resolve().parent.parent)
 
@@ -88,7 +89,7 @@ def main(argv=None) -> None:
         if args.potential.strip().lower() != "none":
             steps["uip"] = get_or_run("uip", {**common, "potential": args.potential}, version)
         if "interpret" in _entry_points():
-            for ion in [i.strip() for i in args.interpret_ions.split(",") if i.strip()]:
+            for ion in parse_ions(args.interpret_ions, every=()):
                 steps[f"interpret_{ion}"] = get_or_run("interpret", {"ion": ion, "dataset": curate}, version)
         if "router" in _entry_points():
             upstream = ",".join(steps[k] for k in ("train_li", "transfer", "uip") if k in steps)

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.common import main_guard, step_run
 from voltmodels import registry, tracking
-from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
+from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, parse_ions
 
 PREFIX = registry.cgcnn_name("")
 PREFIXES = (PREFIX, registry.potential_name(""))
@@ -58,7 +58,8 @@ def champion_members(ions: str = "all") -> dict:
             version = tracking.champion_version(name)
             if version is not None:
                 candidates.setdefault(name[len(prefix) :], []).append(version)
-    wanted = None if ions.strip().lower() == "all" else {i.strip() for i in ions.split(",") if i.strip()}
+    wanted = parse_ions(ions, every=None)
+    wanted = None if wanted is None else set(wanted)
     members = {}
     for ion, versions in candidates.items():
         if wanted is not None and ion not in wanted:

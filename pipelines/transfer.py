@@ -15,7 +15,7 @@ import pandas as pd
 from pipelines.common import as_int, STEP_TAG, main_guard, step_run
 from pipelines.evaluation import log_final_model
 from voltmodels import plots
-from voltmodels.config import VoltmodelsError, cache_dir, set_torch_threads
+from voltmodels.config import VoltmodelsError, cache_dir, parse_ions, set_torch_threads
 from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
 from voltmodels.metrics import summarize
@@ -168,7 +168,7 @@ def main(argv=None) -> str:
     with step_run("transfer", vars(args)) as parent:
         dataset = load_dataset(args.dataset)
         base, settings = load_cgcnn(args.base_model)
-        ions = [i for i in dataset.ions if i != "Li"] if args.ion == "all" else [i.strip() for i in args.ion.split(",") if i.strip()]
+        ions = parse_ions(args.ion, every=[i for i in dataset.ions if i != "Li"])
         for ion in ions:
             if ion not in dataset.ions:
                 raise VoltmodelsError(f"Unknown working ion {ion!r}; dataset {dataset.digest} has {', '.join(dataset.ions)}.")

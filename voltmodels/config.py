@@ -7,6 +7,7 @@ checkout, in CI and on a shared tracking server.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 SNAPSHOT_ENV = "VOLTMODELS_SNAPSHOT"
@@ -18,6 +19,14 @@ SUPPORTED_IONS = ("Li", "Mg", "Ca", "Zn", "Al", "Na", "K", "Y", "Rb", "Cs")
 
 class VoltmodelsError(Exception):
     """An error caused by the user's input; its message is one sentence meant for the user."""
+
+
+def parse_ions(value: str, every: Sequence[str] | None = SUPPORTED_IONS) -> list[str] | None:
+    """The working ions of an `--ion(s)` option: "all" (or nothing) gives `every` (None if None), else a
+    comma list ("Mg, Ca": blanks and repeats dropped, order kept). Checking the names is the caller's rule."""
+    if value.strip().lower() in ("", "all"):
+        return None if every is None else list(every)
+    return list(dict.fromkeys(ion.strip() for ion in value.split(",") if ion.strip()))
 
 
 def project_root() -> Path:

@@ -8,16 +8,9 @@ discharged (ion-rich) structure of every electrode:
   ``IonProperty(fast=True)``, ``BandCenter``, ``TMetalFraction``;
 * structure: ``DensityFeatures`` and the numeric ``GlobalSymmetryFeatures``.
 
-Matminer's own NaN imputation is off: missing elemental data stays NaN and is imputed inside each
-sklearn Pipeline (median of the training rows), so a served model imputes exactly as in training.
-A featurizer that fails on a structure leaves NaN for its block instead of raising.
-
-Features are cached on disk (``cache_dir()/features/<feature-set key>.parquet``), one row per
-structure content digest; the key changes when the featurizer list, this module's feature version
-or the matminer version changes, so a stale cache is never read.
-
-Modules: ``features`` (descriptors + cache), ``search`` (pipelines + hyperparameter search),
-``evaluation`` (seeded splits, summaries), ``importances``. Nothing here knows about MLflow: ``pipelines/baselines.py`` logs, ``serving/baseline_model.py`` serves.
+Modules: ``features`` (descriptors, NaN handling and their disk cache), ``search`` (pipelines and
+hyperparameter search), ``evaluation`` (seeded splits, summaries), ``importances``. Nothing here knows
+about MLflow: ``pipelines/baselines.py`` logs, ``serving/baseline_model.py`` serves.
 """
 
 from voltmodels.baselines.evaluation import (

@@ -30,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--register", default="true", choices=["true", "false"])
     p.add_argument("--promote", default="true", choices=["true", "false"], help="move voltage-predictor@champion to the new version")
     p.add_argument("--upstream", default="", help="run ids of the steps that registered the members (recorded; main's reuse key)")
+    p.add_argument("--families", default="cgcnn,uip", help="member kinds to choose from: cgcnn, uip or both (cgcnn alone: a fast router for large screens)")
+    p.add_argument("--name", default=registry.ROUTER_NAME, help=f"registered model name (default {registry.ROUTER_NAME})")
     return p.parse_args(argv)
 
 
@@ -48,12 +50,12 @@ def _registered(prefix: str) -> set[str]:
             return names
 
 
-def champion_members(ions: str = "all") -> dict:
+def champion_members(ions: str = "all", prefixes=PREFIXES) -> dict:
     """{ion: champion ModelVersion}: per ion, the better (validation MAE) of `voltage-cgcnn-<ion>@champion`
     and `voltage-uip-<ion>@champion`; versions fitted on another dataset digest than the newest
     candidate's are not compared."""
     candidates: dict[str, list] = {}
-    for prefix in PREFIXES:
+    for prefix in prefixes:
         for name in _registered(prefix):
             version = tracking.champion_version(name)
             if version is not None:
@@ -89,8 +91,13 @@ def main(argv=None) -> str | None:
 
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with step_run("router", {"ions": args.ions, "register": args.register, "promote": args.promote, "upstream": args.upstream}) as run:
-        champions = champion_members(args.ions)
+    kinds = {"cgcnn": PREFIX, "uip": registry.potential_name("")}
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    if not families or set(families) - set(kinds):
+        raise VoltmodelsError(f"--families {args.families!r}: use cgcnn, uip or cgcnn,uip")
+    name = args.name
+    with step_run("router", {"ions": args.ions, "register": args.register, "promote": args.promote, "upstream": args.upstream, "families": ",".join(families), "name": name}) as run:
+        champions = champion_members(args.ions, [kinds[f] for f in families])
         members = {}
         for ion, v in champions.items():
             info = {"name": v.name, "version": str(v.version), "run_id": v.run_id or "", "source": v.source}
@@ -110,7 +117,7 @@ def main(argv=None) -> str | None:
             folders = {}
             for ion, v in champions.items():
                 folders[ion] = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{v.name}/{v.version}", dst_path=str(Path(tmp) / f"{v.name}-v{v.version}"))
-            info = log_router_model(members, folders, registry.ROUTER_NAME, tracking.next_version(registry.ROUTER_NAME) if register else "")
+            info = log_router_model(members, folders, name, tracking.next_version(name) if register else "")
         if not register:
             print(f"Router logged as {info.model_uri} (not registered)")
             return run.info.run_id
@@ -121,14 +128,14 @@ def main(argv=None) -> str | None:
                 tags[f"test_interval_coverage_{ion}"] = m["test_interval_coverage"]
         description = "Routes rows by working_ion to: " + ", ".join(f"{m['name']} v{m['version']}" for m in members.values())
         # val_mae: mean of the members' (informative; the router's quality is its members').
-        version, promoted = tracking.register(info.model_uri, registry.ROUTER_NAME, sum(maes) / len(maes) if maes else float("inf"), tags, description)
+        version, promoted = tracking.register(info.model_uri, name, sum(maes) / len(maes) if maes else float("inf"), tags, description)
         if args.promote == "true" and not promoted:
             client = MlflowClient()
-            client.set_registered_model_alias(registry.ROUTER_NAME, registry.CHAMPION, version)
-            client.set_model_version_tag(registry.ROUTER_NAME, version, "champion_at_registration", "true")
+            client.set_registered_model_alias(name, registry.CHAMPION, version)
+            client.set_model_version_tag(name, version, "champion_at_registration", "true")
             promoted = True
-        mlflow.set_tags({"registered_model": registry.ROUTER_NAME, "registered_version": version, "became_champion": str(promoted).lower()})
-        print(f"Router registered as {registry.ROUTER_NAME} version {version}" + (f" (@{registry.CHAMPION})" if promoted else ""))
+        mlflow.set_tags({"registered_model": name, "registered_version": version, "became_champion": str(promoted).lower()})
+        print(f"Router registered as {name} version {version}" + (f" (@{registry.CHAMPION})" if promoted else ""))
     return run.info.run_id
 
 

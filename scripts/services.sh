@@ -14,7 +14,7 @@
 # Idempotent: a second `start` reuses running services. Only the `export ...` lines go to stdout, all
 # logging to stderr, and the servers never hold this script's stdout (so `$(...)` returns).
 # State lives in $VOLTMODELS_SERVICES_DIR (default: /tmp/voltmodels-services-<uid>); logs are there.
-# Packages come from apt (root only): postgresql, chromium, chromium-driver. Set
+# Packages come from apt (root only): postgresql, chromium, chromium-driver, openjdk-17-jre-headless. Set
 # VOLTMODELS_SERVICES_NO_INSTALL=1 to never install.
 #
 # Exported variables:
@@ -77,6 +77,8 @@ install_missing() {
   if [ ${#want[@]} -gt 0 ]; then
     apt_install "${want[@]}" fonts-liberation || log "warning: Chromium not available; the registry UI test will fail"
   fi
+  # Spark (the screening engine) needs a Java runtime.
+  command -v java >/dev/null 2>&1 || apt_install openjdk-17-jre-headless || log "warning: no Java runtime; the Spark screening test will fail"
   "$PYTHON" -c 'import moto.server, psycopg, boto3' 2>/dev/null \
     || "$PYTHON" -m pip install -q "moto[server]>=5" "psycopg[binary]>=3.1" boto3 >&2
 }

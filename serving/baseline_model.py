@@ -43,6 +43,11 @@ class BaselineVoltageModel(mlflow.pyfunc.PythonModel):
         self.model_name = self.meta["model_name"]
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from serving.inputs import predict_rows
+
+        return predict_rows(self._predict, model_input, params, ("voltage", "model_name"))
+
+    def _predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
         from serving.inputs import parse_rows
         from voltmodels.baselines import featurize_structures
 
@@ -92,6 +97,6 @@ def log_baseline_model(pipeline, *, method: str, ion: str, model_name: str, exam
             artifacts=artifacts,
             code_paths=PACKAGE_DIRS,
             pip_requirements=pip_requirements(),
-            signature=infer_signature(example, example_output),
+            signature=infer_signature(example, example_output, params={"on_error": "raise"}),
             input_example=example,
         )

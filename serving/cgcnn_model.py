@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from serving.inputs import invalid, parse_rows
+from serving.inputs import invalid, parse_rows, predict_rows
 from serving.packaging import PACKAGE_DIRS, pinned  # noqa: F401 (PACKAGE_DIRS: re-exported for serving/router.py)
 from voltmodels.graphs.convert import structure_to_graph
 from voltmodels.graphs.graph import GraphSettings
@@ -39,6 +39,9 @@ def graphs_for_rows(structures, settings, rows=None):
     if problems:
         raise invalid("Invalid input: " + "; ".join(problems) + ".")
     return graphs
+
+
+OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version")
 
 
 class CGCNNPredictor:
@@ -105,7 +108,7 @@ class CGCNNVoltageModel(mlflow.pyfunc.PythonModel):
         self.model_name, self.model_version = p.model_name, p.model_version
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return self.predictor.predict(model_input, params)
+        return predict_rows(lambda frame: self.predictor.predict(frame, params), model_input, params, OUTPUT_COLUMNS)
 
 
 def log_cgcnn_model(checkpoint: str, artifact_name: str, input_example: pd.DataFrame, registered_name: str, next_version: str):
@@ -115,7 +118,7 @@ def log_cgcnn_model(checkpoint: str, artifact_name: str, input_example: pd.DataF
     output_example = pd.DataFrame(
         {"voltage": [3.0], "voltage_lower": [2.5], "voltage_upper": [3.5], "model_name": [registered_name], "model_version": ["1"]}
     )
-    signature = infer_signature(input_example, output_example, params={"local_voltages": False})
+    signature = infer_signature(input_example, output_example, params={"local_voltages": False, "on_error": "raise"})
     return mlflow.pyfunc.log_model(
         name=artifact_name,
         python_model=CGCNNVoltageModel(),

@@ -62,3 +62,56 @@ def parse_rows(frame: pd.DataFrame, supported_ions: Iterable[str]) -> list[tuple
     if problems:
         raise invalid("Invalid input: " + "; ".join(problems) + ".")
     return parsed
+
+
+#: The `on_error` predict param of every voltmodels pyfunc: "raise" answers a request with a bad row
+#: with one 400 naming every bad row (REST); "row" answers every row, a bad one with empty outputs and
+#: its reason in an `error` column (batch screening: one bad structure must not fail a partition).
+ON_ERROR_MODES = ("raise", "row")
+
+
+def on_error_mode(params: dict | None) -> str:
+    mode = str((params or {}).get("on_error") or "raise")
+    if mode not in ON_ERROR_MODES:
+        raise invalid(f"params.on_error is {mode!r}; use one of {', '.join(ON_ERROR_MODES)}.")
+    return mode
+
+
+def row_error_message(exc: Exception) -> str:
+    """The reason a single row failed, without the request-level prefixes."""
+    if not isinstance(exc, MlflowException):  # a model bug, not a user error: keep the type
+        return f"prediction failed ({type(exc).__name__}: {exc})"
+    message = exc.message.strip()
+    for prefix in ("Invalid input: row 0: ", "Invalid input: "):
+        message = message.removeprefix(prefix)
+    return message.rstrip(".")
+
+
+def predict_rows(predict, frame: pd.DataFrame, params: dict | None, columns) -> pd.DataFrame:
+    """`predict(frame)` under the request's `on_error` mode.
+
+    "row": the request is tried whole (the fast path); if it fails, every row is tried alone, and a row
+    that still fails gets NaN / empty outputs in `columns` and its reason in `error` ("" for answered
+    rows, not None: Spark's string conversion in `spark_udf` would turn None into "None").
+    """
+    frame = frame.reset_index(drop=True)
+    if on_error_mode(params) == "raise":
+        return predict(frame)
+    try:
+        out = predict(frame).reset_index(drop=True)
+        out["error"] = ""
+        return out
+    except Exception:  # some row is bad: find which, answer the others
+        pass
+    parts = []
+    for i in range(len(frame)):
+        try:
+            part = predict(frame.iloc[[i]].reset_index(drop=True))
+            part["error"] = ""
+        except Exception as exc:
+            ion = frame["working_ion"].iloc[i] if "working_ion" in frame.columns else None
+            part = pd.DataFrame({"working_ion": [ion], "error": [row_error_message(exc)]})
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True)
+    extra = [c for c in out.columns if c not in columns and c != "error"]
+    return out.reindex(columns=[*columns, *extra, "error"])

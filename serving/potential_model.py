@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from serving.inputs import invalid, parse_rows
+from serving.inputs import invalid, parse_rows, predict_rows
 from voltmodels.config import VoltmodelsError
 
 FAMILY_ARTIFACT = "family"
@@ -117,7 +117,7 @@ class PotentialVoltageModel(mlflow.pyfunc.PythonModel):
         self.predictor = PotentialPredictor(context.artifacts[FAMILY_ARTIFACT], context.artifacts.get(REGRESSOR_ARTIFACT), config.get("model_name"), config.get("model_version", ""))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return self.predictor.predict(model_input.reset_index(drop=True), params)
+        return predict_rows(lambda frame: self.predictor.predict(frame, params), model_input, params, OUTPUT_COLUMNS)
 
 
 def pip_requirements() -> list[str]:
@@ -179,7 +179,7 @@ def log_potential_model(model, meta: dict, input_example: pd.DataFrame, name: st
         family_path.write_text(json.dumps(meta, indent=2))
         artifacts[FAMILY_ARTIFACT] = str(family_path)
         output = PotentialPredictor(family_path, artifacts.get(REGRESSOR_ARTIFACT)).predict(input_example)
-        signature = infer_signature(input_example, output)
+        signature = infer_signature(input_example, output, params={"on_error": "raise"})
         # structure_charged is optional: without it a row is answered in mode (b).
         signature.inputs = Schema([ColSpec(DataType.string, "structure"), ColSpec(DataType.string, "working_ion"), ColSpec(DataType.string, "structure_charged", required=False)])
         return mlflow.pyfunc.log_model(

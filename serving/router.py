@@ -14,7 +14,7 @@ import mlflow
 import pandas as pd
 
 from serving.cgcnn_model import PACKAGE_DIRS, CGCNNPredictor, graphs_for_rows, pip_requirements
-from serving.inputs import parse_rows
+from serving.inputs import parse_rows, predict_rows
 from voltmodels.config import VoltmodelsError
 
 ARTIFACT_PREFIX = "model_"
@@ -105,7 +105,7 @@ class VoltageRouterModel(mlflow.pyfunc.PythonModel):
         self.members = members
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return self.router.predict(model_input, params)
+        return predict_rows(lambda frame: self.router.predict(frame, params), model_input, params, OUTPUT_COLUMNS)
 
 
 def router_input_example(folders: dict[str, str], per_ion: int = 1) -> pd.DataFrame:
@@ -141,9 +141,9 @@ def log_router_model(members: dict[str, dict], folders: dict[str, str], register
         outputs=Schema(
             [ColSpec(double, c) for c in ("voltage", "voltage_lower", "voltage_upper")]
             + [ColSpec(string, c) for c in ("model_name", "model_version", "working_ion", "mode")]
-            + [ColSpec(string, c, required=False) for c in ("family", "potential", "local_voltages")]
+            + [ColSpec(string, c, required=False) for c in ("family", "potential", "local_voltages", "error")]
         ),
-        params=ParamSchema([ParamSpec("local_voltages", DataType.boolean, False)]),
+        params=ParamSchema([ParamSpec("local_voltages", DataType.boolean, False), ParamSpec("on_error", string, "raise")]),
     )
     uses_potential = any(isinstance(member_predictor(f, "", ""), potential_model.PotentialPredictor) for f in folders.values())
     return mlflow.pyfunc.log_model(

@@ -75,7 +75,8 @@ def test_screen_folder_ranks_and_lists_failures(router_champion, structure_folde
     run = client.get_run(run_id)
     assert run.data.metrics["n_predicted"] == N_GOOD and run.data.metrics["n_failed"] == 2
     assert run.data.tags["model_uri_used"] == router_champion
-    assert {a.path for a in client.list_artifacts(run_id, "screen")} == {"screen/ranked.csv", "screen/ranked_failed.csv"}
+    assert {a.path for a in client.list_artifacts(run_id, "screen")} == {"screen/ranked.csv", "screen/ranked.parquet", "screen/ranked_failed.csv", "screen/failure_reasons.json"}
+    assert pd.read_parquet(tmp_path / "out" / "ranked.parquet")["id"].tolist() == ranked["id"].tolist()
 
 
 def test_screen_json_mapping_and_explicit_model(li_champion, snapshot_cifs, tmp_path):
@@ -86,8 +87,9 @@ def test_screen_json_mapping_and_explicit_model(li_champion, snapshot_cifs, tmp_
     mapping["broken"] = "{not json"
     source = tmp_path / "structures.json"
     source.write_text(json.dumps(mapping))
-    ranked, failed, used = screen(str(source), "Li", li_champion, str(tmp_path / "s.csv"))
-    assert used == li_champion
+    result = screen(str(source), "Li", li_champion, str(tmp_path / "s.csv"))
+    ranked, failed = result.ranked, result.failed
+    assert result.model_uri == li_champion
     assert set(ranked["id"]) == set(snapshot_cifs) | {"as_dict"}
     assert list(failed["id"]) == ["broken"] and "JSON" in failed["reason"].iloc[0]
     # The same structure as CIF and as a dict gets the same voltage.

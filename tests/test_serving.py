@@ -192,6 +192,21 @@ def test_featurization_errors_name_the_original_rows(server, li_cifs, still_serv
     assert "row 2: atom 0 (Li) has no neighbour" in response.json()["message"]
 
 
+def test_row_error_mode_answers_every_other_row(server, li_cifs, still_serving):
+    """params.on_error="row" (what batch screening uses): bad rows get their reason, good rows their voltage."""
+    data = [[li_cifs[0], "Li"], ["not a structure", "Li"], [_isolated_atoms(), "Li"], [li_cifs[1], "Li"]]
+    response = invoke(server, data, params={"on_error": "row"})
+    assert response.status_code == 200, response.text
+    rows = response.json()["predictions"]
+    assert [r["error"] == "" for r in rows] == [True, False, False, True]
+    assert "CIF" in rows[1]["error"] and "no neighbour" in rows[2]["error"]
+    assert all(math.isfinite(rows[i]["voltage"]) for i in (0, 3))
+    alone = invoke(server, [[li_cifs[1], "Li"]]).json()["predictions"][0]
+    assert rows[3]["voltage"] == pytest.approx(alone["voltage"], abs=1e-5)
+    response = invoke(server, data, params={"on_error": "skip"})
+    assert response.status_code == 400 and "use one of raise, row" in response.json()["message"]
+
+
 def test_router_dispatches_by_ion_in_row_order(router_champion, li_cifs):
     """In process, with a second (fake) ion: each row goes to its ion's model and keeps its place."""
     import mlflow

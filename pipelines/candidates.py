@@ -15,7 +15,8 @@ import mlflow
 import pandas as pd
 
 from pipelines.common import as_int, main_guard, step_run
-from voltmodels.candidates import DEFAULT_MAX_SITES, REDOX_3D, RULE, generate, parse_ions
+from voltmodels.candidates import DEFAULT_MAX_SITES, REDOX_3D, RULE, generate
+from voltmodels.config import parse_ions
 from voltmodels.data.dataset import load_dataset
 
 STEP = "candidates"

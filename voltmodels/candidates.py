@@ -196,12 +196,3 @@ def _row(e, source: str, target: str, swap: str, d: Substituted, charged: Substi
         "supercell": d.supercell,
         "rule": RULE,
     }
-
-
-def parse_ions(value: str, allowed=SUPPORTED_IONS) -> list[str]:
-    """`all` or a comma list of working ions."""
-    ions = list(allowed) if value.strip() == "all" else [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [i for i in ions if i not in allowed]
-    if unknown or not ions:
-        raise VoltmodelsError(f"unknown working ion(s) {', '.join(unknown) or value!r}; use `all` or a comma list of {', '.join(allowed)}")
-    return ions

@@ -38,7 +38,7 @@ class ScreenResult:
     failed: pd.DataFrame
     model_uri: str
     engine: str
-    seconds: float  # reading, scoring and ranking; not the model download
+    seconds: float  # reading, scoring and ranking; not the driver's model load (Spark's executors' loads count)
 
     @property
     def throughput(self) -> float:
@@ -57,7 +57,8 @@ def _table(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     if "structure" not in frame.columns:
         raise VoltmodelsError(f"{source} has no `structure` column (columns: {', '.join(map(str, frame.columns)) or 'none'})")
     ids = frame["id"] if "id" in frame.columns else frame["candidate_id"] if "candidate_id" in frame.columns else pd.Series(range(len(frame)))
-    out = pd.DataFrame({"id": ids.astype(str).to_numpy(), "source": [f"{source}#{i}" for i in range(len(frame))], "structure": frame["structure"].map(_as_text).to_numpy()})
+    ids = ids.astype(str).to_numpy()
+    out = pd.DataFrame({"id": ids, "source": [f"{source}#{i}" for i in ids], "structure": frame["structure"].map(_as_text).to_numpy()})
     for column in ("working_ion", "structure_charged"):
         if column in frame.columns:
             out[column] = frame[column].to_numpy()
@@ -189,18 +190,43 @@ def spark_session(master: str = "local[2]", app_name: str = "voltmodels-screen")
     return builder.getOrCreate()
 
 
-def score_spark(spark, model_uri: str, table: pd.DataFrame, batch_size: int = 64, partitions: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The same as score_pandas, with the parse stage and the model as Spark UDFs over partitions."""
+def spark_table(spark, path: str | Path, ion: str | None):
+    """A Parquet / JSON-lines structure table with an `id` (or `candidate_id`) column read by Spark
+    itself, so on a cluster it never passes through the driver; None for any other input."""
+    from pyspark.sql import functions as F
+
+    uri = str(path)  # kept as given: s3a://, hdfs:// ... are read by Spark, not by this process
+    local = Path(uri).expanduser() if "://" not in uri else None
+    uri = str(local) if local is not None else uri
+    if uri.lower().endswith(".jsonl"):
+        df = spark.read.json(uri)
+    elif uri.lower().rstrip("/").endswith(".parquet") or (local is not None and local.is_dir() and any(local.glob("*.parquet"))):
+        df = spark.read.parquet(uri)
+    else:
+        return None
+    id_column = next((c for c in ("id", "candidate_id") if c in df.columns), None)
+    if id_column is None or "structure" not in df.columns:
+        return None
+    ion_column = F.nullif(F.trim(F.col("working_ion").cast("string")), F.lit("")) if "working_ion" in df.columns else F.lit(None).cast("string")
+    return df.select(
+        F.col(id_column).cast("string").alias("id"),
+        F.concat(F.lit(f"{uri}#"), F.col(id_column).cast("string")).alias("source"),
+        F.col("structure").cast("string").alias("structure"),
+        F.coalesce(ion_column, F.lit(ion)).alias("working_ion"),
+        (F.col("structure_charged").cast("string") if "structure_charged" in df.columns else F.lit(None).cast("string")).alias("structure_charged"),
+    )
+
+
+def score_spark(spark, model_uri: str, df, batch_size: int = 64, partitions: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same as score_pandas on a Spark DataFrame (id, source, structure, working_ion,
+    structure_charged): the parse stage and the model run as UDFs in the executors; only the small
+    result columns come back to the driver."""
     import mlflow.pyfunc
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(max(1, batch_size)))
     string, double = T.StringType(), T.DoubleType()
-    schema = T.StructType([T.StructField("row", T.LongType()), *(T.StructField(c, string) for c in ("structure", "working_ion", "structure_charged"))])
-    frame = model_inputs(table).assign(row=np.arange(len(table)))[["row", "structure", "working_ion", "structure_charged"]]
-    df = spark.createDataFrame(frame, schema=schema)
-    df = df.repartition(partitions or spark.sparkContext.defaultParallelism, "row")
 
     @F.pandas_udf(T.StructType([T.StructField("formula", string), T.StructField("n_sites", T.LongType()), T.StructField("parse_error", string)]))
     def describe_udf(structures: pd.Series) -> pd.DataFrame:
@@ -208,13 +234,14 @@ def score_spark(spark, model_uri: str, table: pd.DataFrame, batch_size: int = 64
 
     result_type = T.StructType([*(T.StructField(c, double) for c in PREDICTION_COLUMNS[:3]), *(T.StructField(c, string) for c in (*PREDICTION_COLUMNS[3:], "error"))])
     predict_udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type, env_manager="local", params={"on_error": "row"})
+    df = df.repartition(partitions or spark.sparkContext.defaultParallelism).withColumn("row", F.monotonically_increasing_id())
     df = df.withColumn("described", describe_udf("structure")).cache()  # read twice below, parsed once
     parsed = df.where(F.col("described.parse_error").isNull())
     scored = parsed.withColumn("p", predict_udf(F.struct("structure", "working_ion", "structure_charged"))).select("row", "p.*")
-    described = df.select("row", "described.*").toPandas().set_index("row").sort_index()
+    described = df.select("row", "id", "source", "working_ion", "described.*").toPandas().set_index("row").sort_index()
     predictions = scored.toPandas().set_index("row").reindex(described.index)
-    described = pd.concat([table.reset_index(drop=True), described.reset_index(drop=True)], axis=1)
-    return described, predictions.reset_index(drop=True)
+    df.unpersist()
+    return described.reset_index(drop=True), predictions.reset_index(drop=True)
 
 
 def load_model(uri: str, ions, default_uri: str, fallback_uri_of):
@@ -258,13 +285,27 @@ def screen(input_path, ion: str | None, model_uri: str, default_uri: str, fallba
     """Read, score and rank; `spark` reuses a session (else one is made for `master`)."""
     if engine not in ENGINES:
         raise VoltmodelsError(f"unknown engine {engine!r}; use pandas or spark")
-    table, failed = read_inputs(input_path)
-    table = with_ion(table, ion)
-    used_uri, model = load_model(model_uri, table["working_ion"].unique(), default_uri, fallback_uri_of)
     started = time.perf_counter()
+    failed: list[dict] = []
+    if engine == "spark":
+        spark = spark or spark_session(master)
+        df = spark_table(spark, input_path, ion)
+        if df is None:  # files, mappings, tables without ids: read here, then distributed
+            table, failed = read_inputs(input_path)
+            df = spark.createDataFrame(model_inputs(with_ion(table, ion)).assign(id=table["id"].to_numpy(), source=table["source"].to_numpy()))
+        ions = [r[0] for r in df.select("working_ion").distinct().collect()]
+    else:
+        table, failed = read_inputs(input_path)
+        table = with_ion(table, ion)
+        ions = table["working_ion"].unique()
+    if any(i is None for i in ions):
+        raise VoltmodelsError("the input has rows without a working_ion and no --ion was given")
+    load_started = time.perf_counter()
+    used_uri, model = load_model(model_uri, ions, default_uri, fallback_uri_of)
+    load_seconds = time.perf_counter() - load_started
     if engine == "pandas":
         described, predictions = score_pandas(model, table, batch_size)
     else:
-        described, predictions = score_spark(spark or spark_session(master), used_uri, table, batch_size)
+        described, predictions = score_spark(spark, used_uri, df, batch_size)
     ranked, failures = split_results(described, predictions, failed)
-    return ScreenResult(ranked, failures, used_uri, engine, time.perf_counter() - started)
+    return ScreenResult(ranked, failures, used_uri, engine, time.perf_counter() - started - load_seconds)

@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="latest", help="curate run id, dataset folder or 'latest'")
     p.add_argument("--max-structures", type=as_int, default=0, help="analyse a random subset of this many structures; 0: all")
     p.add_argument("--seed", type=as_int, default=0)
+    p.add_argument("--upstream", default="", help="run ids of the steps that registered the model (recorded; main's reuse key)")
     p.add_argument("--tsne-points", type=as_int, default=3000, help="oxygen environments sampled for t-SNE; 0: skip t-SNE")
     p.add_argument("--bond-tolerance", type=float, default=interp.DEFAULT_BOND_TOLERANCE, help="oxygen neighbour: d <= tolerance x (r_cov + r_cov(O))")
     args = p.parse_args(argv)

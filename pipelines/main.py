@@ -5,7 +5,9 @@ curate -> train_li -> baselines (all ions) -> transfer (all ions) -> uip (univer
 Baselines run before transfer so that the transfer comparison tables include them. A step is
 reused when a FINISHED run of the same entry point with the same parameters and the same source
 version exists (MLflow's multistep-workflow pattern); otherwise it is launched with
-`mlflow.projects.run` and its run id feeds the next step.
+`mlflow.projects.run` and its run id feeds the next step. The parameters of a step include the run
+ids it consumes (`dataset` = the curate run; `upstream` = the runs that registered the models it
+reads), so a relaunched step relaunches everything downstream of it.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def find_finished(entry_point: str, parameters: dict, version: str | None):
     wanted = {k: str(v) for k, v in parameters.items()}
     for run in runs:
         logged = run.data.params
-        if all(logged.get(k.replace("-", "_"), logged.get(k)) == v for k, v in wanted.items() if k in logged or k.replace("-", "_") in logged):
+        # Every wanted parameter must be logged with this value: a run without one (e.g. from before
+        # `upstream` existed) was not made from these inputs.
+        if all(logged.get(k.replace("-", "_"), logged.get(k)) == v for k, v in wanted.items()):
             return run
     return None
 
@@ -85,12 +89,12 @@ def main(argv=None) -> None:
         steps = {"curate": curate}
         steps["train_li"] = get_or_run("train_li", common, version)
         steps["baselines"] = get_or_run("baselines", {**common, "ion": "all"}, version)
-        steps["transfer"] = get_or_run("transfer", {**common, "ion": "all", "multi_ion": args.multi_ion}, version)
+        steps["transfer"] = get_or_run("transfer", {**common, "ion": "all", "multi_ion": args.multi_ion, "upstream": steps["train_li"]}, version)
         if args.potential.strip().lower() != "none":
             steps["uip"] = get_or_run("uip", {**common, "potential": args.potential}, version)
         if "interpret" in _entry_points():
             for ion in parse_ions(args.interpret_ions, every=()):
-                steps[f"interpret_{ion}"] = get_or_run("interpret", {"ion": ion, "dataset": curate}, version)
+                steps[f"interpret_{ion}"] = get_or_run("interpret", {"ion": ion, "dataset": curate, "upstream": f"{steps['train_li']},{steps['transfer']}"}, version)
         if "router" in _entry_points():
             upstream = ",".join(steps[k] for k in ("train_li", "transfer", "uip") if k in steps)
             steps["router"] = get_or_run("router", {"upstream": upstream}, version)

@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="both", choices=["random", "framework", "both"])
     p.add_argument("--seed", type=as_int, default=0)
     p.add_argument("--register", default="true", choices=["true", "false"])
+    p.add_argument("--upstream", default="", help="run id of the step that registered the base model (recorded; main's reuse key)")
     p.add_argument("--multi-ion", default="false", choices=["true", "false"],
                    help="also train a shared multi-ion CGCNN per split and compare it as is and fine-tuned (costly on CPU)")
     return p.parse_args(argv)

@@ -27,3 +27,42 @@ def test_find_finished_matches_entry_point_params_and_commit():
     assert find_finished("train_li", {"dataset": "abc", "profile": "quick", "seed": "0"}, "c2") is None
     assert find_finished("transfer", {"dataset": "abc", "profile": "quick", "seed": "0"}, "c1") is None
     assert find_finished("train_li", {"dataset": "abc"}, None) is None  # not a git checkout: never reuse
+
+
+def test_main_relaunches_everything_downstream_of_a_changed_step(monkeypatch):
+    """The chain's reuse key: a profile change relaunches every step but curate; a relaunched train_li
+    relaunches what consumed it (transfer, interpret, router) but not baselines or uip."""
+    import pipelines.main as main_module
+
+    commit = "c-chain-test"
+    launched = []
+
+    class Submitted:
+        def __init__(self, run_id):
+            self.run_id = run_id
+
+    def fake_run(project, entry_point, parameters, env_manager, synchronous):
+        launched.append(entry_point)
+        return Submitted(make_run(entry_point, {k: str(v) for k, v in parameters.items()}, commit))
+
+    monkeypatch.setattr(main_module, "_source_version", lambda: commit)
+    monkeypatch.setattr(main_module.mlflow.projects, "run", fake_run)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    argv = ["--snapshot", "/data", "--interpret-ions", "Li", "--potential", "sevennet-0"]
+
+    def run_main(profile):
+        launched.clear()
+        main_module.main([*argv, "--profile", profile])
+        return list(launched)
+
+    chain = ["curate", "train_li", "baselines", "transfer", "uip", "interpret", "router"]
+    assert run_main("quick") == chain
+    assert run_main("quick") == []  # everything reused
+    assert run_main("paper") == chain[1:]  # curate's params hold no profile
+
+    client = MlflowClient()
+    train_li = find_finished("train_li", {"profile": "paper", "seed": "0"}, commit)
+    client.delete_run(train_li.info.run_id)  # e.g. removed after a bad run: train_li must run again
+    assert run_main("paper") == ["train_li", "transfer", "interpret", "router"]
+    transfer = find_finished("transfer", {"profile": "paper"}, commit)
+    assert transfer.data.params["upstream"] == find_finished("train_li", {"profile": "paper"}, commit).info.run_id

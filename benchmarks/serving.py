@@ -79,20 +79,41 @@ def start_server(model_uri: str, workers: int, threads: int, tracking_uri: str, 
     return ServerProcess(cmd, port, workdir, env, workdir / "server.log")
 
 
-def body(rows: list[tuple[str, str]]) -> bytes:
-    return json.dumps({"dataframe_split": {"columns": ["structure", "working_ion"], "data": [list(r) for r in rows]}}).encode()
+def body(rows: list[tuple[str, str]], columns=("structure", "working_ion")) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": list(columns), "data": [list(r) for r in rows]}}).encode()
+
+
+def indexed_id(target_sites: int = 30) -> str | None:
+    """A Li discharged material of the latest curated dataset (what a router's material_id index holds)."""
+    try:
+        from voltmodels.data.dataset import load_dataset
+
+        dataset = load_dataset("latest")
+    except Exception:
+        return None
+    rows = dataset.rows("Li")
+    return min(rows["id_discharge"], key=lambda m: abs(len(dataset.compact_structures[m]["species"]) - target_sites))
+
+
+def p1_supercell_cif(n: int = 32) -> str:
+    """A P1 CIF of n^3 atoms (32,768 for n = 32): the request the site limit must refuse at once."""
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+
+    return str(CifWriter(Structure(Lattice.cubic(3.0), ["Li"], [[0, 0, 0]]) * (n, n, n)))
 
 
 HEADERS = {"Content-Type": "application/json"}
 
 
-def timed_posts(session, url: str, payload: bytes, n: int) -> tuple[list[float], int]:
+def timed_posts(session, url: str, payload: bytes, n: int, expected: int = 200) -> tuple[list[float], int]:
+    """Latencies of n sequential posts, and how many were not answered with `expected`."""
     times, errors = [], 0
     for _ in range(n):
         t = time.perf_counter()
         r = session.post(f"{url}/invocations", data=payload, headers=HEADERS, timeout=120)
         times.append(time.perf_counter() - t)
-        errors += r.status_code != 200
+        errors += r.status_code != expected
     return times, errors
 
 
@@ -253,12 +274,17 @@ def main(argv=None) -> None:
                 startup = time.perf_counter() - started
             one = body([(single_cif, "Li")])
             one_json = body([(single_json, "Li")])
+            material = indexed_id()
+            one_id = body([(material, "Li")], columns=("material_id", "working_ion")) if material else None
+            huge = body([(p1_supercell_cif(), "Li")])
             many = body([(cif, "Li") for _, cif, _ in batch])
             with requests.Session() as s:
                 timed_posts(s, url, one, 20)  # warm-up: lazy imports, allocator, caches
                 timed_posts(s, url, many, 1)
                 single, single_err = timed_posts(s, url, one, args.n_single)
                 single_j, single_j_err = timed_posts(s, url, one_json, max(20, args.n_single // 2))
+                by_id, by_id_err = timed_posts(s, url, one_id, max(20, args.n_single // 2)) if one_id else ([float("nan")], 0)
+                refused, refused_err = timed_posts(s, url, huge, 10, expected=400)
                 batches, batch_err = timed_posts(s, url, many, args.n_batches)
                 pings = []
                 for _ in range(100):  # the bare HTTP round trip through uvicorn
@@ -276,6 +302,8 @@ def main(argv=None) -> None:
     rows = [
         ("single CIF, sequential", f"{args.n_single} req", f"{pct(single, 50):.1f}", f"{pct(single, 90):.1f}", f"{pct(single, 99):.1f}", f"{len(single) / sum(single):.1f} req/s", single_err),
         ("single JSON, sequential", f"{len(single_j)} req", f"{pct(single_j, 50):.1f}", f"{pct(single_j, 90):.1f}", f"{pct(single_j, 99):.1f}", f"{len(single_j) / sum(single_j):.1f} req/s", single_j_err),
+        (f"single material_id ({material}), sequential", f"{len(by_id)} req", f"{pct(by_id, 50):.1f}", f"{pct(by_id, 90):.1f}", f"{pct(by_id, 99):.1f}", f"{len(by_id) / sum(by_id):.1f} req/s", by_id_err),
+        (f"32,768-atom CIF ({len(huge) / 1e6:.1f} MB), refused with 400", f"{len(refused)} req", f"{pct(refused, 50):.1f}", f"{pct(refused, 90):.1f}", f"{pct(refused, 99):.1f}", f"{len(refused) / sum(refused):.1f} req/s", refused_err),
         (f"batch of {len(batch)} CIF, sequential", f"{args.n_batches} req", f"{pct(batches, 50):.0f}", f"{pct(batches, 90):.0f}", f"{pct(batches, 99):.0f}", f"{len(batch) * len(batches) / sum(batches):.0f} structures/s", batch_err),
         ("GET /ping (HTTP round trip only)", f"{len(pings)} req", f"{pct(pings, 50):.1f}", f"{pct(pings, 90):.1f}", f"{pct(pings, 99):.1f}", f"{len(pings) / sum(pings):.1f} req/s", 0),
         (f"single CIF, {args.clients} concurrent clients", f"{len(conc)} req", f"{pct(conc, 50):.1f}", f"{pct(conc, 90):.1f}", f"{pct(conc, 99):.1f}", f"{len(conc) / conc_wall:.1f} req/s", conc_err),

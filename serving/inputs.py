@@ -15,13 +15,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from pymatgen.core import Structure
 
+from serving.limits import DEFAULT_LIMITS, Limits, check_request, check_structure_text
 from voltmodels.config import VoltmodelsError
 from voltmodels.graphs.convert import parse_structure
 
 REQUIRED_COLUMNS = ("structure", "working_ion")
-#: Largest cell accepted (sites). The curated data tops out at 174 sites; 500 keeps one request's
-#: featurization well under a second while allowing supercells a user might paste.
-MAX_SITES = 500
+MAX_SITES = DEFAULT_LIMITS.max_sites
 
 
 def invalid(message: str) -> MlflowException:
@@ -40,9 +39,22 @@ def check_columns(frame: pd.DataFrame) -> None:
         raise invalid("Input has no rows.")
 
 
-def parse_rows(frame: pd.DataFrame, supported_ions: Iterable[str]) -> list[tuple[Structure, str]]:
+def parse_structure_bounded(raw, limits: Limits = DEFAULT_LIMITS) -> Structure:
+    """parse_structure, after the text-only size checks of serving/limits.py."""
+    check_structure_text(raw, limits)
+    structure = parse_structure(raw)
+    if len(structure) > limits.max_sites:
+        raise VoltmodelsError(f"the cell has {len(structure)} sites, above the limit of {limits.max_sites}")
+    return structure
+
+
+def parse_rows(frame: pd.DataFrame, supported_ions: Iterable[str], limits: Limits = DEFAULT_LIMITS) -> list[tuple[Structure, str]]:
     """Structures and ions for every row, or one error naming every bad row and why."""
     check_columns(frame)
+    try:
+        check_request(len(frame), frame["structure"], limits)
+    except VoltmodelsError as exc:
+        raise invalid(f"Invalid input: {exc}.") from None
     supported = sorted(set(supported_ions))
     parsed, problems = [], []
     # Rows are named by the frame's index: a router passing a member a slice of the request names the user's rows.
@@ -51,9 +63,7 @@ def parse_rows(frame: pd.DataFrame, supported_ions: Iterable[str]) -> list[tuple
             ion = str(ion).strip()
             if ion not in supported:
                 raise VoltmodelsError(f"working_ion {ion!r} is not supported (supported: {', '.join(supported)})")
-            structure = parse_structure(raw)
-            if len(structure) > MAX_SITES:
-                raise VoltmodelsError(f"the cell has {len(structure)} sites, above the limit of {MAX_SITES}")
+            structure = parse_structure_bounded(raw, limits)
             if not structure.is_ordered:
                 raise VoltmodelsError("the structure has partial occupancies; give an ordered structure")
             parsed.append((structure, ion))

@@ -25,20 +25,13 @@ import requests
 from flask import Flask, Response, jsonify, render_template, request
 
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
-from voltmodels.graphs.convert import parse_structure
+from serving.inputs import parse_structure_bounded
 
 HERE = Path(__file__).resolve().parent
-MAX_STRUCTURE_CHARS = 1_000_000
-MAX_SITES = 500
 #: The largest request body the proxy forwards (a chunk of CSV rows is far smaller).
 MAX_BODY_BYTES = 25 * 1024 * 1024
 #: Seconds the proxy waits for the endpoint: potential members relax structures (seconds per row).
 PROXY_TIMEOUT_S = 600
-
-try:  # the serving limits' text-only checks (CIF symmetry expansion counted without pymatgen)
-    from serving.limits import DEFAULT_LIMITS, check_structure_text
-except ImportError:  # pragma: no cover - older checkouts: the size and site checks below still hold
-    DEFAULT_LIMITS, check_structure_text = None, None
 
 
 def _message(text: str, status: int = 400) -> Response:
@@ -51,13 +44,8 @@ def cell_sites(text: str) -> dict:
     """Lattice and sites of a structure text for drawing; VoltmodelsError (one sentence) when it is not one."""
     if not isinstance(text, str) or not text.strip():
         raise VoltmodelsError("the structure is empty")
-    if len(text) > MAX_STRUCTURE_CHARS:
-        raise VoltmodelsError(f"the structure text has {len(text):,} characters, above the limit of {MAX_STRUCTURE_CHARS:,}")
-    if check_structure_text is not None:
-        check_structure_text(text, DEFAULT_LIMITS)
-    structure = parse_structure(text)
-    if len(structure) > MAX_SITES:
-        raise VoltmodelsError(f"the cell has {len(structure)} sites, above the limit of {MAX_SITES}")
+    # The served models' own limits (serving/limits.py), checked on the text before parsing.
+    structure = parse_structure_bounded(text)
     sites = []
     for i, site in enumerate(structure):
         element = site.specie.symbol if site.is_ordered else site.species.elements[0].symbol

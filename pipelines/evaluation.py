@@ -58,7 +58,7 @@ def log_final_model(
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "checkpoint.pt"
         save_checkpoint(model, checkpoint, settings.to_dict(), {"ion": ion, "conformal_halfwidth": halfwidth, "dataset_digest": dataset.digest, "method": method})
-        info = log_cgcnn_model(str(checkpoint), f"cgcnn-{ion}-{method}", input_example(dataset, rows, ion), name, tracking.next_version(name) if register else "")
+        info = log_cgcnn_model(str(checkpoint), f"cgcnn-{ion}-{method}", input_example(dataset, rows, ion), name)
     mlflow.log_metrics(metrics, model_id=info.model_id)
     if not register:
         return None

@@ -85,8 +85,29 @@ def _float_tag(version, key: str):
         return None
 
 
+def structure_index(champions: dict, ions):
+    """The index of the curated dataset the members were fitted on (the newest one's digest), so
+    rows can give a material_id; None (with a note) when that dataset is not in this tracking store."""
+    from serving.structure_index import StructureIndex
+    from voltmodels.data.dataset import load_dataset
+
+    digests = {v.tags.get("dataset_digest", "").split("-max")[0] for v in champions.values()} - {""}
+    try:
+        dataset = load_dataset("latest")
+    except VoltmodelsError as exc:
+        print(f"Router without a material_id index: {exc}")
+        return None
+    if digests and dataset.digest not in digests:
+        print(f"Router without a material_id index: the latest curated dataset {dataset.digest} is not the members' ({', '.join(sorted(digests))})")
+        return None
+    index = StructureIndex.from_dataset(dataset, ions)
+    mlflow.log_metric("structure_index_size", len(index.structures))
+    return index
+
+
 @main_guard
 def main(argv=None) -> str | None:
+    from serving.identity import logged_model_id
     from serving.router import log_router_model
 
     args = parse_args(argv)
@@ -117,7 +138,10 @@ def main(argv=None) -> str | None:
             folders = {}
             for ion, v in champions.items():
                 folders[ion] = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{v.name}/{v.version}", dst_path=str(Path(tmp) / f"{v.name}-v{v.version}"))
-            info = log_router_model(members, folders, name, tracking.next_version(name) if register else "")
+            index = structure_index(champions, list(members))
+            for ion, folder in folders.items():
+                members[ion]["model_id"] = logged_model_id(folder)  # the member's LoggedModel, from its own MLmodel
+            info = log_router_model(members, folders, name, index=index)
         if not register:
             print(f"Router logged as {info.model_uri} (not registered)")
             return run.info.run_id

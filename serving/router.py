@@ -14,13 +14,15 @@ import mlflow
 import pandas as pd
 
 from serving.cgcnn_model import PACKAGE_DIRS, CGCNNPredictor, graphs_for_rows, pip_requirements
-from serving.inputs import parse_rows, predict_rows
+from serving.inputs import invalid, parse_rows, predict_rows
+from serving.limits import DEFAULT_LIMITS, Limits
+from serving.model_code import model_code
 from voltmodels.config import VoltmodelsError
 
 ARTIFACT_PREFIX = "model_"
 #: `mode`: "a" (a potential on both end members), "b" (a potential on the relaxed discharged structure
 #: and its derived host), "discharged" (a CGCNN on the discharged structure as given).
-OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "working_ion", "mode", "family", "potential")
+OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "model_id", "working_ion", "mode", "family", "potential")
 
 
 def member_checkpoint(model_dir: str | Path) -> Path:
@@ -38,20 +40,30 @@ def member_checkpoint(model_dir: str | Path) -> Path:
 class VoltageRouter:
     """Plain-Python router over per-ion predictors: {ion: CGCNNPredictor or PotentialPredictor}."""
 
-    def __init__(self, predictors: dict):
+    def __init__(self, predictors: dict, limits: Limits = DEFAULT_LIMITS, index=None):
         if not predictors:
             raise VoltmodelsError("the router has no member models")
         self.predictors = dict(predictors)
         self.supported_ions = sorted(self.predictors)
+        self.limits = limits
+        self.index = index  # serving.structure_index.StructureIndex: rows by material_id
+        for predictor in self.predictors.values():
+            predictor.limits = limits
 
     @classmethod
-    def from_members(cls, members: dict[str, dict], folders: dict[str, str]) -> VoltageRouter:
+    def from_members(cls, members: dict[str, dict], folders: dict[str, str], limits: Limits = DEFAULT_LIMITS, index=None) -> VoltageRouter:
         """members: {ion: {"name", "version"}}; folders: {ion: the member's MLflow model folder}."""
-        return cls({ion: member_predictor(folders[ion], info["name"], info["version"]) for ion, info in members.items()})
+        return cls({ion: member_predictor(folders[ion], info["name"], info["version"], info.get("model_id", "")) for ion, info in members.items()}, limits, index)
 
     def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = model_input.reset_index(drop=True)
-        parsed = parse_rows(frame, self.supported_ions)
+        if "material_id" in frame.columns:
+            from serving.structure_index import StructureIndex
+
+            frame, problems = (self.index or StructureIndex({}, {}, "none")).resolve(frame)
+            if problems:
+                raise invalid("Invalid input: " + "; ".join(problems) + ".")
+        parsed = parse_rows(frame, self.supported_ions, self.limits)
         structures = [s for s, _ in parsed]
         ions = [ion for _, ion in parsed]
         # Featurize every CGCNN row first (each with its ion's graph settings) so one error names all bad rows.
@@ -76,7 +88,7 @@ class VoltageRouter:
         return out.reindex(columns=columns).reset_index(drop=True)
 
 
-def member_predictor(model_dir: str | Path, name: str, version: str):
+def member_predictor(model_dir: str | Path, name: str, version: str, model_id: str = ""):
     """The predictor of a member's MLflow model folder: a CGCNN or a universal-potential family."""
     from mlflow.models import Model
 
@@ -86,8 +98,8 @@ def member_predictor(model_dir: str | Path, name: str, version: str):
     artifacts = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {}).get("artifacts") or {}
     if FAMILY_ARTIFACT in artifacts:
         regressor = artifacts.get(REGRESSOR_ARTIFACT, {}).get("path")
-        return PotentialPredictor(model_dir / artifacts[FAMILY_ARTIFACT]["path"], model_dir / regressor if regressor else None, name, version)
-    return CGCNNPredictor(member_checkpoint(model_dir), name, version)
+        return PotentialPredictor(model_dir / artifacts[FAMILY_ARTIFACT]["path"], model_dir / regressor if regressor else None, name, version, model_id)
+    return CGCNNPredictor(member_checkpoint(model_dir), name, version, model_id)
 
 
 class VoltageRouterModel(mlflow.pyfunc.PythonModel):
@@ -100,7 +112,10 @@ class VoltageRouterModel(mlflow.pyfunc.PythonModel):
         config = context.model_config or {}
         members = config.get("models") or {}
         folders = {ion: context.artifacts[ARTIFACT_PREFIX + ion] for ion in members}
-        self.router = VoltageRouter.from_members(members, folders)
+        from serving.structure_index import ARTIFACT, StructureIndex
+
+        index = StructureIndex.load(context.artifacts[ARTIFACT]) if ARTIFACT in context.artifacts else None
+        self.router = VoltageRouter.from_members(members, folders, Limits.from_config(config), index)
         self.supported_ions = self.router.supported_ions
         self.members = members
 
@@ -123,12 +138,15 @@ def router_input_example(folders: dict[str, str], per_ion: int = 1) -> pd.DataFr
     return pd.concat(frames, ignore_index=True)
 
 
-def log_router_model(members: dict[str, dict], folders: dict[str, str], registered_name: str, next_version: str, name: str = "router"):
+def log_router_model(members: dict[str, dict], folders: dict[str, str], registered_name: str, name: str = "router", index=None, limits: Limits = DEFAULT_LIMITS):
     """Log the router pyfunc with the members' folders bundled; return its ModelInfo.
 
     members: {ion: {"name", "version", ...}} (stored as model_config, read at load time);
-    folders: {ion: local MLflow model folder of that member}.
+    folders: {ion: local MLflow model folder of that member}; index: a StructureIndex for rows given
+    by material_id (bundled as an artifact); limits: stored in model_config (serving/limits.py).
     """
+    import tempfile
+
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
@@ -137,22 +155,28 @@ def log_router_model(members: dict[str, dict], folders: dict[str, str], register
     input_example = router_input_example(folders)
     string, double = DataType.string, DataType.double
     signature = ModelSignature(
-        inputs=Schema([ColSpec(string, "structure"), ColSpec(string, "working_ion"), ColSpec(string, "structure_charged", required=False)]),
+        inputs=Schema([ColSpec(string, "structure", required=False), ColSpec(string, "working_ion"), ColSpec(string, "structure_charged", required=False), ColSpec(string, "material_id", required=False)]),
         outputs=Schema(
             [ColSpec(double, c) for c in ("voltage", "voltage_lower", "voltage_upper")]
-            + [ColSpec(string, c) for c in ("model_name", "model_version", "working_ion", "mode")]
+            + [ColSpec(string, c) for c in ("model_name", "model_version", "model_id", "working_ion", "mode")]
             + [ColSpec(string, c, required=False) for c in ("family", "potential", "local_voltages", "error")]
         ),
         params=ParamSchema([ParamSpec("local_voltages", DataType.boolean, False), ParamSpec("on_error", string, "raise")]),
     )
+    from serving.structure_index import ARTIFACT
+
     uses_potential = any(isinstance(member_predictor(f, "", ""), potential_model.PotentialPredictor) for f in folders.values())
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=VoltageRouterModel(),
-        artifacts={ARTIFACT_PREFIX + ion: str(folder) for ion, folder in folders.items()},
-        code_paths=PACKAGE_DIRS,
-        pip_requirements=potential_model.pip_requirements() if uses_potential else pip_requirements(),
-        signature=signature,
-        input_example=input_example,
-        model_config={"router_name": registered_name, "router_version": next_version, "models": members},
-    )
+    artifacts = {ARTIFACT_PREFIX + ion: str(folder) for ion, folder in folders.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        if index is not None:
+            artifacts[ARTIFACT] = str(index.save(Path(tmp) / "structure_index.json.gz"))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=model_code("router"),
+            artifacts=artifacts,
+            code_paths=PACKAGE_DIRS,
+            pip_requirements=potential_model.pip_requirements() if uses_potential else pip_requirements(),
+            signature=signature,
+            input_example=input_example,
+            model_config={"router_name": registered_name, "models": members, "limits": limits.to_dict()},
+        )

@@ -18,16 +18,3 @@ def baseline_name(kind: str, ion: str) -> str:
 def potential_name(ion: str) -> str:
     """Every universal-potential family of one ion competes under this name (the family is a tag)."""
     return f"voltage-uip-{ion}"
-
-
-_MOVED_TO_TRACKING = ("champion_version", "register", "resolve_model_uri", "next_version")
-
-
-def __getattr__(name: str):
-    # Kept importable for callers not yet updated (pipelines/uip.py, serving/screening.py): import these
-    # from voltmodels.tracking; this hook goes when they do.
-    if name in _MOVED_TO_TRACKING:
-        from voltmodels import tracking
-
-        return getattr(tracking, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

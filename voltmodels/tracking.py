@@ -141,13 +141,3 @@ def register(model_uri: str, name: str, val_mae: float, tags: dict, description:
         client.set_registered_model_alias(name, CHAMPION, version.version)
     client.set_model_version_tag(name, version.version, "champion_at_registration", str(promote).lower())
     return version.version, promote
-
-
-def next_version(name: str) -> str:
-    """The version number the next registration of `name` will get (served models report it)."""
-    client = MlflowClient()
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return "1"
-    return str(max((int(v.version) for v in versions), default=0) + 1)

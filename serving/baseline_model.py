@@ -16,23 +16,23 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from serving.model_code import model_code
 from serving.packaging import PACKAGE_DIRS, example_request, pinned
 
 PIPELINE_ARTIFACT = "pipeline"
 META_ARTIFACT = "meta"
 #: Packages the served model imports (directly or through voltmodels.baselines / serving.inputs).
-REQUIREMENTS = ("mlflow", "scikit-learn", "matminer", "pymatgen", "pandas", "numpy", "scipy", "joblib")
+REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "matminer", "pymatgen", "pandas", "numpy", "scipy")
 
 
 class BaselineVoltageModel(mlflow.pyfunc.PythonModel):
     """A fitted sklearn Pipeline over matminer features of one working ion."""
 
     def load_context(self, context) -> None:
-        import joblib
-
+        from serving.packaging import load_estimator
         from voltmodels.baselines import FEATURE_VERSION, feature_names, feature_set_key
 
-        self.pipeline = joblib.load(context.artifacts[PIPELINE_ARTIFACT])
+        self.pipeline = load_estimator(context.artifacts[PIPELINE_ARTIFACT])
         self.meta = json.loads(Path(context.artifacts[META_ARTIFACT]).read_text())
         if self.meta["feature_version"] != FEATURE_VERSION or self.meta["feature_names"] != feature_names():
             raise mlflow.exceptions.MlflowException(
@@ -63,8 +63,9 @@ def pip_requirements() -> list[str]:
 
 def log_baseline_model(pipeline, *, method: str, ion: str, model_name: str, example_structure, hyperparameters: dict, name: str | None = None):
     """Log a fitted baseline pipeline as a pyfunc model in the active run; returns MLflow's ModelInfo."""
-    import joblib
     from mlflow.models import infer_signature
+
+    from serving.packaging import save_estimator
 
     from voltmodels.baselines import FEATURE_VERSION, feature_names, feature_set_key
 
@@ -79,11 +80,9 @@ def log_baseline_model(pipeline, *, method: str, ion: str, model_name: str, exam
         "hyperparameters": hyperparameters,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        pipeline_path = Path(tmp) / "pipeline.joblib"
+        pipeline_path = save_estimator(pipeline, Path(tmp) / "pipeline.skops")
         meta_path = Path(tmp) / "meta.json"
-        joblib.dump(pipeline, pipeline_path)
         meta_path.write_text(json.dumps(meta, indent=2))
-        model = BaselineVoltageModel()
         artifacts = {PIPELINE_ARTIFACT: str(pipeline_path), META_ARTIFACT: str(meta_path)}
         # The example output comes from the real model, so the signature matches what serving returns.
         from voltmodels.baselines import featurize_structures
@@ -93,7 +92,7 @@ def log_baseline_model(pipeline, *, method: str, ion: str, model_name: str, exam
         )
         return mlflow.pyfunc.log_model(
             name=name or method,
-            python_model=model,
+            python_model=model_code("baseline"),
             artifacts=artifacts,
             code_paths=PACKAGE_DIRS,
             pip_requirements=pip_requirements(),

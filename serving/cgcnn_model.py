@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 from serving.inputs import invalid, parse_rows, predict_rows
+from serving.limits import DEFAULT_LIMITS, Limits
+from serving.model_code import model_code
 from serving.packaging import PACKAGE_DIRS, pinned  # noqa: F401 (PACKAGE_DIRS: re-exported for serving/router.py)
 from voltmodels.graphs.convert import structure_to_graph
 from voltmodels.graphs.graph import GraphSettings
@@ -41,7 +43,7 @@ def graphs_for_rows(structures, settings, rows=None):
     return graphs
 
 
-OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version")
+OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "model_id")
 
 
 class CGCNNPredictor:
@@ -50,7 +52,7 @@ class CGCNNPredictor:
     Shared by the per-ion pyfunc (CGCNNVoltageModel) and the multi-ion router (serving/router.py).
     """
 
-    def __init__(self, checkpoint, model_name: str | None = None, model_version: str = ""):
+    def __init__(self, checkpoint, model_name: str | None = None, model_version: str = "", model_id: str = ""):
         from voltmodels.model import load_checkpoint
 
         self.model, settings, self.meta = load_checkpoint(checkpoint)
@@ -59,9 +61,17 @@ class CGCNNPredictor:
         self.halfwidth = float(self.meta.get("conformal_halfwidth", np.nan))
         self.model_name = model_name or f"voltage-cgcnn-{self.ion}"
         self.model_version = str(model_version or "")
+        self.model_id = model_id
+        self.limits = DEFAULT_LIMITS
 
     def predict_graphs(self, graphs, structures, local_voltages: bool = False) -> pd.DataFrame:
-        """Voltages, the conformal interval and who answered, for featurized structures (in order)."""
+        """Voltages, the conformal interval and who answered, for featurized structures (in order),
+        `limits.chunk_rows` crystals per forward pass."""
+        step = max(1, self.limits.chunk_rows)
+        parts = [self._predict_chunk(graphs[i : i + step], structures[i : i + step], local_voltages) for i in range(0, len(graphs), step)]
+        return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+    def _predict_chunk(self, graphs, structures, local_voltages: bool) -> pd.DataFrame:
         import torch
 
         from voltmodels.graphs.batch import collate
@@ -77,6 +87,7 @@ class CGCNNPredictor:
                 "voltage_upper": voltage + self.halfwidth,
                 "model_name": self.model_name,
                 "model_version": self.model_version,
+                "model_id": self.model_id,
             }
         )
         if local is not None:
@@ -88,7 +99,7 @@ class CGCNNPredictor:
         return out
 
     def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        parsed = parse_rows(model_input, [self.ion])
+        parsed = parse_rows(model_input, [self.ion], self.limits)
         structures = [s for s, _ in parsed]
         graphs = graphs_for_rows(structures, self.settings)
         return self.predict_graphs(graphs, structures, local_voltages=bool((params or {}).get("local_voltages")))
@@ -102,7 +113,12 @@ class CGCNNVoltageModel(mlflow.pyfunc.PythonModel):
 
         set_torch_threads()
         config = context.model_config or {}
-        self.predictor = p = CGCNNPredictor(context.artifacts["checkpoint"], config.get("model_name"), config.get("model_version", ""))
+        from serving.identity import logged_model_id, model_dir_of, registered_version
+
+        model_id = logged_model_id(model_dir_of(context.artifacts["checkpoint"]))
+        name = config.get("model_name") or ""
+        self.predictor = p = CGCNNPredictor(context.artifacts["checkpoint"], name, registered_version(name, model_id), model_id)
+        p.limits = Limits.from_config(config)
         # The pre-refactor attributes, for callers that use them.
         self.model, self.settings, self.meta, self.ion = p.model, p.settings, p.meta, p.ion
         self.model_name, self.model_version = p.model_name, p.model_version
@@ -111,21 +127,21 @@ class CGCNNVoltageModel(mlflow.pyfunc.PythonModel):
         return predict_rows(lambda frame: self.predictor.predict(frame, params), model_input, params, OUTPUT_COLUMNS)
 
 
-def log_cgcnn_model(checkpoint: str, artifact_name: str, input_example: pd.DataFrame, registered_name: str, next_version: str):
+def log_cgcnn_model(checkpoint: str, artifact_name: str, input_example: pd.DataFrame, registered_name: str):
     """Log the pyfunc (explicit requirements, code of this checkout) and return its ModelInfo."""
     from mlflow.models import infer_signature
 
     output_example = pd.DataFrame(
-        {"voltage": [3.0], "voltage_lower": [2.5], "voltage_upper": [3.5], "model_name": [registered_name], "model_version": ["1"]}
+        {"voltage": [3.0], "voltage_lower": [2.5], "voltage_upper": [3.5], "model_name": [registered_name], "model_version": ["1"], "model_id": ["m-0"]}
     )
     signature = infer_signature(input_example, output_example, params={"local_voltages": False, "on_error": "raise"})
     return mlflow.pyfunc.log_model(
         name=artifact_name,
-        python_model=CGCNNVoltageModel(),
+        python_model=model_code("cgcnn"),
         artifacts={"checkpoint": checkpoint},
         code_paths=PACKAGE_DIRS,
         pip_requirements=pip_requirements(),
         signature=signature,
         input_example=input_example,
-        model_config={"model_name": registered_name, "model_version": next_version},
+        model_config={"model_name": registered_name},
     )

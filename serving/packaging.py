@@ -28,3 +28,29 @@ def pinned(packages: Iterable[str]) -> list[str]:
 def example_request(structures: Sequence, ion: str) -> pd.DataFrame:
     """A request of real structures as CIF text, one row each: the example logged with a model's signature."""
     return pd.DataFrame({"structure": [structure.to(fmt="cif") for structure in structures], "working_ion": [ion] * len(structures)})
+
+
+#: Modules whose types a saved estimator may hold: skops refuses to build anything else.
+TRUSTED_MODULES = ("sklearn.", "numpy.", "scipy.")
+
+
+def save_estimator(estimator, path: str | Path) -> Path:
+    """A fitted scikit-learn estimator in skops format (no arbitrary pickle)."""
+    import skops.io
+
+    skops.io.dump(estimator, path)
+    return Path(path)
+
+
+def load_estimator(path: str | Path):
+    """Load an estimator saved by save_estimator; refuses one holding types outside scikit-learn,
+    numpy and scipy instead of constructing them."""
+    import skops.io
+
+    from voltmodels.config import VoltmodelsError
+
+    untrusted = skops.io.get_untrusted_types(file=path)
+    foreign = [t for t in untrusted if not t.startswith(TRUSTED_MODULES)]
+    if foreign:
+        raise VoltmodelsError(f"{Path(path).name} holds types outside scikit-learn/numpy/scipy ({', '.join(foreign)}); refusing to load it")
+    return skops.io.load(path, trusted=untrusted)

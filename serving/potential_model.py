@@ -7,7 +7,7 @@ atoms and both are relaxed with the potential first (mode b, seconds per row). E
 which model, family, potential and mode answered, with the 90 % conformal interval.
 
 Artifacts: `family` (JSON: the family's parameters, the potential's identity, the metal references,
-interval half-widths) and, for the trained families, `regressor` (a joblib file whose SHA-256 is in
+interval half-widths) and, for the trained families, `regressor` (a skops file, no arbitrary pickle, whose SHA-256 is in
 the JSON and checked before it is loaded).
 """
 
@@ -22,13 +22,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from serving.inputs import invalid, parse_rows, predict_rows
+from serving.inputs import invalid, parse_rows, parse_structure_bounded, predict_rows
+from serving.limits import DEFAULT_LIMITS, Limits
+from serving.model_code import model_code
 from voltmodels.config import VoltmodelsError
 
 FAMILY_ARTIFACT = "family"
 REGRESSOR_ARTIFACT = "regressor"
-FORMAT_VERSION = 1
-OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "working_ion", "family", "potential", "mode")
+FORMAT_VERSION = 2  # 2: regressor in skops format (was joblib)
+OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "model_id", "working_ion", "family", "potential", "mode")
 
 
 def _sha256(path: Path) -> str:
@@ -38,7 +40,7 @@ def _sha256(path: Path) -> str:
 class PotentialPredictor:
     """One fitted family as plain Python (shared by the pyfunc and the router)."""
 
-    def __init__(self, family_json: str | Path, regressor_path: str | Path | None = None, model_name: str | None = None, model_version: str = ""):
+    def __init__(self, family_json: str | Path, regressor_path: str | Path | None = None, model_name: str | None = None, model_version: str = "", model_id: str = ""):
         from voltmodels.potentials.calculators import potential_key
         from voltmodels.potentials.compute import RelaxSettings
         from voltmodels.potentials.families import FamilyModel
@@ -50,9 +52,9 @@ class PotentialPredictor:
         if meta.get("regressor_sha256"):
             if regressor_path is None or _sha256(Path(regressor_path)) != meta["regressor_sha256"]:
                 raise VoltmodelsError(f"the regressor of {meta['registered_name']} does not match the SHA-256 recorded when it was logged; refusing to load it")
-            import joblib
+            from serving.packaging import load_estimator
 
-            regressor = joblib.load(regressor_path)
+            regressor = load_estimator(regressor_path)
         if potential_key(meta["potential"]) != meta["potential_key"]:
             # A different package release or weights file would give other energies than the model learned from.
             raise VoltmodelsError(f"{meta['registered_name']} was fitted with {meta['potential_key']}, but this environment has {potential_key(meta['potential'])}")
@@ -62,19 +64,20 @@ class PotentialPredictor:
         self.relax_settings = RelaxSettings(**meta["relax_settings"])
         self.model_name = model_name or meta["registered_name"]
         self.model_version = str(model_version or "")
+        self.model_id = model_id
+        self.limits = DEFAULT_LIMITS
 
     def predict(self, frame: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from voltmodels.baselines import featurize_structures
-        from voltmodels.data.structures import parse_structure
         from voltmodels.potentials.electrodes import Electrode, electrode_inputs
 
-        parsed = parse_rows(frame, self.supported_ions)
+        parsed = parse_rows(frame, self.supported_ions, self.limits)
         charged_column = frame["structure_charged"] if "structure_charged" in frame.columns else [None] * len(frame)
         electrodes, problems = [], []
         for row, (structure, ion), charged in zip(frame.index, parsed, charged_column):
             if charged is not None and not (isinstance(charged, float) and np.isnan(charged)) and str(charged).strip():
                 try:
-                    charged = parse_structure(charged)
+                    charged = parse_structure_bounded(charged, self.limits)
                 except VoltmodelsError as exc:
                     problems.append(f"row {row}: structure_charged: {exc}")
                     continue
@@ -99,6 +102,7 @@ class PotentialPredictor:
                 "voltage_upper": voltage + half,
                 "model_name": self.model_name,
                 "model_version": self.model_version,
+                "model_id": self.model_id,
                 "working_ion": ions,
                 "family": self.model.family,
                 "potential": self.meta["potential"],
@@ -114,26 +118,31 @@ class PotentialVoltageModel(mlflow.pyfunc.PythonModel):
 
         set_torch_threads()
         config = context.model_config or {}
-        self.predictor = PotentialPredictor(context.artifacts[FAMILY_ARTIFACT], context.artifacts.get(REGRESSOR_ARTIFACT), config.get("model_name"), config.get("model_version", ""))
+        from serving.identity import logged_model_id, model_dir_of, registered_version
+
+        model_id = logged_model_id(model_dir_of(context.artifacts[FAMILY_ARTIFACT]))
+        name = config.get("model_name") or ""
+        self.predictor = PotentialPredictor(context.artifacts[FAMILY_ARTIFACT], context.artifacts.get(REGRESSOR_ARTIFACT), name, registered_version(name, model_id), model_id)
+        self.predictor.limits = Limits.from_config(config)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return predict_rows(lambda frame: self.predictor.predict(frame, params), model_input, params, OUTPUT_COLUMNS)
 
 
 def pip_requirements() -> list[str]:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     from serving.cgcnn_model import pip_requirements as base
-
+    from serving.packaging import pinned
     from voltmodels.potentials.calculators import BUILTIN, FROM_FILE
 
-    extra = []
-    for package in sorted({*BUILTIN.values(), *FROM_FILE.values()}):
+    def installed(package: str) -> bool:
         try:
-            extra.append(f"{package}=={version(package)}")
-        except Exception:  # not installed here: no model of this checkout can use it
-            pass
-    return [*base(), f"matminer=={version('matminer')}", f"ase=={version('ase')}", *extra]
+            return bool(version(package))
+        except PackageNotFoundError:  # not installed here: no model of this checkout can use it
+            return False
+
+    return [*base(), *pinned(["matminer", "ase", "skops", *(p for p in sorted({*BUILTIN.values(), *FROM_FILE.values()}) if installed(p))])]
 
 
 def family_metadata(model, *, potential: str, registered_name: str, ions, relax_settings, embedding_dims: dict, metrics: dict) -> dict:
@@ -169,10 +178,9 @@ def log_potential_model(model, meta: dict, input_example: pd.DataFrame, name: st
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = {}
         if model.regressor is not None:
-            import joblib
+            from serving.packaging import save_estimator
 
-            path = Path(tmp) / "regressor.joblib"
-            joblib.dump(model.regressor, path)
+            path = save_estimator(model.regressor, Path(tmp) / "regressor.skops")
             meta = {**meta, "regressor_sha256": _sha256(path)}
             artifacts[REGRESSOR_ARTIFACT] = str(path)
         family_path = Path(tmp) / "family.json"
@@ -184,11 +192,11 @@ def log_potential_model(model, meta: dict, input_example: pd.DataFrame, name: st
         signature.inputs = Schema([ColSpec(DataType.string, "structure"), ColSpec(DataType.string, "working_ion"), ColSpec(DataType.string, "structure_charged", required=False)])
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=PotentialVoltageModel(),
+            python_model=model_code("potential"),
             artifacts=artifacts,
             code_paths=PACKAGE_DIRS,
             pip_requirements=pip_requirements(),
             signature=signature,
             input_example=input_example,
-            model_config={"model_name": meta["registered_name"], "model_version": ""},
+            model_config={"model_name": meta["registered_name"]},
         )

@@ -8,7 +8,6 @@ import shutil
 import types
 from pathlib import Path
 
-import joblib
 import mlflow
 import numpy as np
 import pandas as pd
@@ -165,7 +164,10 @@ def test_logged_pyfunc_predicts_from_cif_and_rejects_bad_rows(baselines_run, dat
     # Same features as training: the served prediction (from CIF text) equals the fitted pipeline's
     # prediction on the cached training features (from the curated structures).
     local = Path(mlflow.artifacts.download_artifacts(f"models:/voltage-rfr-{ION}@champion"))
-    fitted = joblib.load(next(local.rglob("pipeline.joblib")))
+    from serving.packaging import load_estimator
+
+    fitted = load_estimator(next(local.rglob("pipeline.skops")))  # skops, not a pickle
+    assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.joblib"))
     expected = fitted.predict(features.loc[rows["id_discharge"]].to_numpy())
     np.testing.assert_allclose(out["voltage"].to_numpy(), expected, rtol=1e-6, atol=1e-6)
 

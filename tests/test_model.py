@@ -145,6 +145,33 @@ def test_checkpoint_round_trip(tmp_path):
     assert extra["ion"] == "Li"
 
 
+def test_checkpoint_loads_weights_only_and_refuses_pickles(tmp_path):
+    """A checkpoint is tensors + a JSON string: torch.load(weights_only=True) reads it; one that would
+    need pickle to load (e.g. an object that runs code) is refused, as is another format version."""
+    import pickle
+
+    import torch
+
+    from voltmodels.config import VoltmodelsError
+
+    model = small_model().eval()
+    save_checkpoint(model, tmp_path / "m.pt", SETTINGS.to_dict(), {"ion": "Li", "mae": np.float64(0.3)})
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert set(payload) == {"format_version", "metadata", "state_dict"} and isinstance(payload["metadata"], str)
+    assert load_checkpoint(tmp_path / "m.pt")[2]["mae"] == pytest.approx(0.3)
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("this ran while loading",))
+
+    torch.save({"format_version": 2, "metadata": "{}", "state_dict": {}, "payload": RunsCode()}, tmp_path / "evil.pt", pickle_module=pickle)
+    with pytest.raises(VoltmodelsError, match="not a weights-only voltmodels checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    torch.save({"format_version": 1, "metadata": "{}", "state_dict": {}}, tmp_path / "old.pt")
+    with pytest.raises(VoltmodelsError, match="checkpoint format 1; this code reads format 2"):
+        load_checkpoint(tmp_path / "old.pt")
+
+
 def test_conformal_halfwidth_is_the_right_order_statistic():
     residual = np.arange(1, 20, dtype=float)  # n = 19, ceil(20 * 0.9) = 18th smallest
     assert conformal_halfwidth(np.zeros(19), residual, 0.9) == 18.0

@@ -123,17 +123,35 @@ class CGCNN(nn.Module):
         return frozen
 
 
+#: Checkpoint layout: {"format_version", "metadata" (a JSON string: model config, graph settings,
+#: extra), "state_dict" (tensors)}. Nothing in it needs Python's pickle to load, so it is read with
+#: torch.load(weights_only=True): a tampered artifact cannot run code (as matgl's model.json + state.pt).
+CHECKPOINT_FORMAT = 2
+
+
 def save_checkpoint(model: CGCNN, path, graph_settings: dict, extra: dict | None = None) -> None:
-    torch.save(
-        {"config": model.config.to_dict(), "graph_settings": graph_settings, "state_dict": model.state_dict(), "extra": extra or {}},
-        path,
-    )
+    import json
+
+    metadata = {"config": model.config.to_dict(), "graph_settings": graph_settings, "extra": extra or {}}
+    # default=float: numpy scalars in `extra` become plain numbers, never pickled objects.
+    torch.save({"format_version": CHECKPOINT_FORMAT, "metadata": json.dumps(metadata, default=float), "state_dict": model.state_dict()}, path)
 
 
 def load_checkpoint(path) -> tuple[CGCNN, dict, dict]:
-    """Model (eval mode), graph settings, extra metadata."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    model = CGCNN(CGCNNConfig(**payload["config"]))
+    """Model (eval mode), graph settings, extra metadata; refuses a checkpoint of another format."""
+    import json
+
+    from voltmodels.config import VoltmodelsError
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError for anything beyond tensors and plain data
+        raise VoltmodelsError(f"{path} is not a weights-only voltmodels checkpoint ({type(exc).__name__}); re-train or re-save it with this code") from None
+    if not isinstance(payload, dict) or payload.get("format_version") != CHECKPOINT_FORMAT:
+        found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
+        raise VoltmodelsError(f"{path} has checkpoint format {found}; this code reads format {CHECKPOINT_FORMAT}")
+    metadata = json.loads(payload["metadata"])
+    model = CGCNN(CGCNNConfig(**metadata["config"]))
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    return model, payload["graph_settings"], payload.get("extra", {})
+    return model, metadata["graph_settings"], metadata.get("extra", {})

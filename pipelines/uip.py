@@ -28,7 +28,8 @@ from voltmodels.potentials.calculators import DEFAULT_POTENTIAL, potential_key, 
 from voltmodels.potentials.compute import RelaxSettings
 from voltmodels.potentials.electrodes import DatasetInputs
 from voltmodels.potentials.families import FAMILIES, evaluate
-from voltmodels.registry import potential_name, register
+from voltmodels.registry import potential_name
+from voltmodels.tracking import register
 
 STEP = "uip"
 DEFAULT_REPEATS = {"quick": 1, "paper": 5}
@@ -65,7 +66,7 @@ def input_example(dataset, ion: str) -> pd.DataFrame:
     """Two rows of real CIFs of one test electrode: with its charged structure (mode a) and without (b)."""
     from pymatgen.io.cif import CifWriter
 
-    from voltmodels.data.structures import parse_structure
+    from voltmodels.graphs.convert import parse_structure
 
     rows = dataset.split(ion, "random", 0)
     rows = rows[rows["id_charge"].isin(list(dataset.compact_structures))]

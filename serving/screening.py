@@ -249,14 +249,14 @@ def load_model(uri: str, ions, default_uri: str, fallback_uri_of):
     router is not registered or does not cover the ion (one ion only); an explicit model is used as given."""
     import mlflow
 
-    from voltmodels import registry
+    from voltmodels import tracking
 
     ions = sorted(set(ions))
     candidates = [uri] + ([fallback_uri_of(ions[0])] if uri == default_uri and len(ions) == 1 else [])
     reasons = []
     for candidate in candidates:
         try:
-            registry.resolve_model_uri(candidate)
+            tracking.resolve_model_uri(candidate)
         except VoltmodelsError as exc:
             reasons.append(str(exc))
             continue

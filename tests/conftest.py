@@ -23,6 +23,21 @@ def snapshot_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def li_snapshot_structures(snapshot_dir) -> list[tuple[str, str, int]]:
+    """(material id, CIF, sites) of the first 5 Li-containing snapshot structures with 10-40 sites."""
+    with gzip.open(snapshot_dir / "mp_electrode_structures_cif.json.gz", "rt") as fh:
+        cifs = json.load(fh)
+    picked = []
+    for mid in sorted(cifs):
+        structure = Structure.from_str(cifs[mid], fmt="cif")
+        if "Li" in structure.composition and 10 <= len(structure) <= 40:
+            picked.append((mid, cifs[mid], len(structure)))
+        if len(picked) == 5:
+            return picked
+    pytest.skip("fewer than 5 small Li structures in the snapshot")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_tracking(tmp_path_factory):
     """Every test session gets its own SQLite store and artifact folder; the graph cache is shared."""

@@ -15,8 +15,6 @@ temporary folder. Chromium and chromedriver: $VOLTMODELS_TEST_CHROMIUM / $VOLTMO
 from __future__ import annotations
 
 import csv
-import gzip
-import json
 import math
 import os
 import re
@@ -46,20 +44,9 @@ BROKEN_CIF = "data_broken\n_cell_length_a 3\nloop_\n_atom_site_label\nnot a cif"
 
 
 @pytest.fixture(scope="module")
-def li_structures(snapshot_dir) -> list[tuple[str, str, int]]:
+def li_structures(li_snapshot_structures) -> list[tuple[str, str, int]]:
     """(material id, CIF, sites) of 5 real Li-containing snapshot structures with 10-40 sites."""
-    from pymatgen.core import Structure
-
-    with gzip.open(snapshot_dir / "mp_electrode_structures_cif.json.gz", "rt") as fh:
-        cifs = json.load(fh)
-    picked = []
-    for mid in sorted(cifs):
-        structure = Structure.from_str(cifs[mid], fmt="cif")
-        if "Li" in structure.composition and 10 <= len(structure) <= 40:
-            picked.append((mid, cifs[mid], len(structure)))
-        if len(picked) == 5:
-            break
-    return picked
+    return li_snapshot_structures
 
 
 def _start(process: ServerProcess):
@@ -334,7 +321,7 @@ def test_csv_screen_ranks_good_rows_and_lists_the_bad_one(driver, web, li_struct
     assert len(failed) == 1
     row, mid, ion, reason = failed[0]
     assert (row, mid, ion) == ("4", "bad-1", "Li") and "CIF" in reason, failed
-    driver.find_element(By.ID, "batch-result").location_once_scrolled_into_view
+    _ = driver.find_element(By.ID, "batch-result").location_once_scrolled_into_view  # scrolls it into the shot
     shot(driver, shots, "web_batch.png")
 
     driver.find_element(By.ID, "download").click()

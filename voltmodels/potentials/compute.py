@@ -17,8 +17,7 @@ import numpy as np
 from pymatgen.core import IStructure, Structure
 
 from voltmodels.config import VoltmodelsError
-from voltmodels.data.structures import parse_structure, structure_to_compact
-from voltmodels.graphs.featurize import structure_digest
+from voltmodels.graphs.convert import parse_structure, structure_digest, structure_to_compact
 from voltmodels.potentials.cache import EnergyRecord, PotentialCache, RelaxRecord
 from voltmodels.potentials.calculators import Potential, load_potential, potential_key
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from voltmodels.config import VoltmodelsError
-from voltmodels.data.structures import parse_structure
+from voltmodels.graphs.convert import parse_structure
 from voltmodels.potentials.cache import PotentialCache
 from voltmodels.potentials.compute import RelaxSettings, charged_host, relax_many, static_energies
 from voltmodels.potentials.families import PotentialInputs, combine

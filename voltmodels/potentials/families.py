@@ -215,7 +215,7 @@ def evaluate(
     Repeat k of strategy s uses `dataset.split(ion, s, k)` for every ion, the same rows as the CGCNN
     and the baselines; the pooled families train on the union of every ion's train rows.
     """
-    from voltmodels.baselines import regression_metrics
+    from voltmodels.metrics import regression_metrics
 
     ions = list(ions or dataset.ions)
     records, predictions, final = [], [], {}

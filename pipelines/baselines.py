@@ -24,7 +24,7 @@ from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, parse_ions
 from voltmodels.data.curation import SPLIT_STRATEGIES
 from voltmodels.data.dataset import load_dataset
 from voltmodels.registry import baseline_name
-from voltmodels.tracking import register
+from voltmodels.tracking import DEFAULT_SELECTION_RULE, register
 
 STEP = "baselines"
 
@@ -149,6 +149,7 @@ def run_ion(dataset, ion: str, features: pd.DataFrame, args, strategies, methods
                 "profile": args.profile,
                 "hyperparameters": json.dumps(fit.best_params, sort_keys=True),
                 "trained_on": "train rows of random split repeat 0",
+                "selection_rule": DEFAULT_SELECTION_RULE,
                 "source_run_id": run.info.run_id,
             }
             if len(method_records):

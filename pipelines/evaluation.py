@@ -72,6 +72,7 @@ def log_final_model(
         **{k: str(v) for k, v in (tags or {}).items()},
     }
     selection = metrics["val_mae"] if selection_val_mae is None else selection_val_mae
+    version_tags.setdefault("selection_rule", tracking.DEFAULT_SELECTION_RULE)
     version_tags["val_mae_this_split"] = f"{metrics['val_mae']:.4f}"
     version, promoted = tracking.register(info.model_uri, name, selection, version_tags)
     mlflow.set_tags({"registered_model": name, "registered_version": version, "became_champion": str(promoted).lower()})

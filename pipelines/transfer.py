@@ -155,7 +155,7 @@ def transfer_ion(ion, dataset, base, settings, args, prof, multi_cache: dict | N
                     "base_model": {"scratch": "none", "multi_direct": MULTI_BASE, "multi_finetune": MULTI_BASE}.get(method, args.base_model),
                     "mode": method,
                     "frozen_layers": "embedding,convs" if method == "freeze" else "none",
-                    "val_mae_selection": f"mean over {n_repeats} random splits",
+                    "selection_rule": f"mean val_mae over {n_repeats} random splits",
                 },
             )
     return {"summary": summary, "versions": versions}

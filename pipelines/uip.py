@@ -29,7 +29,7 @@ from voltmodels.potentials.compute import RelaxSettings
 from voltmodels.potentials.electrodes import DatasetInputs
 from voltmodels.potentials.families import FAMILIES, evaluate
 from voltmodels.registry import potential_name
-from voltmodels.tracking import register
+from voltmodels.tracking import DEFAULT_SELECTION_RULE, register
 
 STEP = "uip"
 DEFAULT_REPEATS = {"quick": 1, "paper": 5}
@@ -156,7 +156,7 @@ def _register(dataset, potential, tag, final, records, relax_settings, inputs, r
                 "potential_key": potential_key(potential),
                 "ion": ion,
                 "dataset_digest": dataset.digest,
-                "selection_rule": "val_mae of random split repeat 0",
+                "selection_rule": DEFAULT_SELECTION_RULE,
                 "profile": profile,
                 "test_mae": f"{repeat0.loc[ion, 'test_mae']:.6f}",
                 "test_interval_coverage": f"{repeat0.loc[ion, 'test_coverage']:.4f}",

@@ -32,6 +32,10 @@ def test_champion_moves_only_on_better_validation(li_champion):
     assert not moved and tracking.champion_version("voltage-cgcnn-Li").version == champion.version
     better, moved = tracking.register(uri, "voltage-cgcnn-Li", float(champion.tags["val_mae"]) - 0.01, {"note": "better"})
     assert moved and tracking.champion_version("voltage-cgcnn-Li").version == better
+    # A val_mae under another selection rule (a mean over splits) is not compared: it replaces the champion.
+    rule = {"selection_rule": "mean val_mae over 5 random splits", "dataset_digest": champion.tags["dataset_digest"]}
+    other, moved = tracking.register(uri, "voltage-cgcnn-Li", float(champion.tags["val_mae"]) + 1.0, rule)
+    assert moved and tracking.champion_version("voltage-cgcnn-Li").version == other
     MlflowClient().set_registered_model_alias("voltage-cgcnn-Li", "champion", champion.version)  # restore for other tests
 
 

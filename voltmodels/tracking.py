@@ -121,6 +121,10 @@ def champion_version(name: str):
         return None
 
 
+#: The `selection_rule` tag of a version whose val_mae is that of one split (repeat 0 of the random split).
+DEFAULT_SELECTION_RULE = "val_mae of random split repeat 0"
+
+
 def register(model_uri: str, name: str, val_mae: float, tags: dict, description: str = "") -> tuple[str, bool]:
     """Register a version; move `@champion` to it only if its validation MAE beats the champion's.
 
@@ -133,9 +137,12 @@ def register(model_uri: str, name: str, val_mae: float, tags: dict, description:
         client.update_model_version(name, version.version, description=description)
     client.set_model_version_tag(name, version.version, "val_mae", f"{val_mae:.6f}")
     current_mae = float(current.tags.get("val_mae", "inf")) if current is not None else float("inf")
-    # Validation MAEs are comparable only on the same curated data: a champion of another dataset
-    # digest is replaced, not compared.
-    comparable = current is None or current.tags.get("dataset_digest") == str(tags.get("dataset_digest", current.tags.get("dataset_digest")))
+    # Validation MAEs are comparable only on the same curated data and under the same selection rule
+    # (one split's MAE vs a mean over k splits): a champion of another digest or rule is replaced.
+    comparable = current is None or (
+        current.tags.get("dataset_digest") == str(tags.get("dataset_digest", current.tags.get("dataset_digest")))
+        and current.tags.get("selection_rule", DEFAULT_SELECTION_RULE) == str(tags.get("selection_rule", DEFAULT_SELECTION_RULE))
+    )
     promote = val_mae < current_mae or not comparable
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version.version)

@@ -3,6 +3,7 @@
     python benchmarks/potentials.py --run --profile paper --potential sevennet-0,chgnet   # run `uip`, then print
     python benchmarks/potentials.py                                                      # print the latest uip run
     python benchmarks/potentials.py --mode-b 12                                          # + mode (b) on 12 test electrodes per ion
+    python benchmarks/potentials.py --served models:/voltage-predictor@champion          # what a served model achieves
 
 Tables: test MAE (V) mean ± std over the repeats of every split strategy, per ion and over all test
 rows (row-weighted); 90 % interval coverage; the repeat-0 errors of `mp-*` and `mvc-*` electrodes
@@ -144,6 +145,38 @@ def mode_b(potential: str, per_ion: int, seed: int, dataset_ref: str, families) 
     return pd.DataFrame(out)
 
 
+def served_table(model_uri: str, potential: str, dataset_ref: str) -> pd.DataFrame:
+    """Test MAE (V) per ion on random split 0 of a registered model as a user gets it (both end
+    members given as structure JSON), next to the zero-shot potential on the same rows."""
+    import json
+
+    from voltmodels.data.dataset import load_dataset
+    from voltmodels.potentials.electrodes import DatasetInputs
+
+    dataset = load_dataset(dataset_ref)
+    rows = pd.concat([dataset.split(ion, "random", 0) for ion in IONS if ion in dataset.ions], ignore_index=True)
+    rows = rows[rows["split"] == "test"].reset_index(drop=True)
+    compact = dataset.compact_structures
+    request = pd.DataFrame({
+        "structure": [json.dumps(compact[m]) for m in rows["id_discharge"]],
+        "working_ion": rows["working_ion"],
+        "structure_charged": [json.dumps(compact[m]) if m in compact else None for m in rows["id_charge"]],
+    })
+    model = mlflow.pyfunc.load_model(model_uri)
+    out = model.predict(request, params={"on_error": "row"})
+    zero_shot = DatasetInputs(dataset, potential, "a", rows=rows)(rows).v_uip
+    y = rows["average_voltage"].to_numpy()
+    table = []
+    for name, predicted in ((model_uri, out["voltage"].to_numpy(dtype=float)), (f"{potential} zero-shot", zero_shot)):
+        err = np.abs(predicted - y)
+        row = {"model": name, "all": f"{np.nanmean(err):.3f}"}
+        row.update({ion: f"{np.nanmean(err[rows['working_ion'] == ion]):.3f}" for ion in IONS if (rows["working_ion"] == ion).any()})
+        table.append(row)
+    members = out.groupby("working_ion")["model_name"].first().to_dict()
+    print(f"\nmembers that answered: {', '.join(f'{i}: {m}' for i, m in members.items())}; {int((out['error'] != '').sum())} rows without an answer")
+    return pd.DataFrame(table)
+
+
 def cost_table(potentials) -> pd.DataFrame:
     from voltmodels.potentials.cache import PotentialCache
     from voltmodels.potentials.calculators import potential_key
@@ -164,8 +197,14 @@ def main(argv=None) -> None:
     p.add_argument("--dataset", default="latest")
     p.add_argument("--mode-b", type=int, default=0, help="test electrodes per ion to relax for mode (b) (0: skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--served", default="", help="also: test MAE of this registered model (e.g. models:/voltage-predictor@champion) on random split 0")
     args = p.parse_args(argv)
     setup_tracking()
+    if args.served:
+        print(machine_line())
+        print(f"\n### {args.served} on the test rows of random split 0 (both end members given): MAE (V)\n")
+        print(markdown(served_table(args.served, args.potential.split(",")[0].strip(), args.dataset)))
+        return
     if args.run:
         cmd = [sys.executable, "-m", "pipelines.uip", "--profile", args.profile, "--potential", args.potential, "--dataset", args.dataset]
         subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent)

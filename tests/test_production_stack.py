@@ -306,7 +306,9 @@ def test_artifacts_land_in_s3(stack, pipeline):
 
     model_keys = s3_keys(stack, s3_prefix(stack, logged.artifact_location))
     names = {Path(k).name for k in model_keys}
-    assert {"MLmodel", "python_model.pkl", "checkpoint.pt"} <= names, f"registered model files in s3://{stack.bucket}: {sorted(model_keys)}"
+    # Models from code: the pyfunc is the logged code file (cgcnn.py), never a pickled python_model.pkl.
+    assert {"MLmodel", "checkpoint.pt"} <= names and "python_model.pkl" not in names, f"registered model files in s3://{stack.bucket}: {sorted(model_keys)}"
+    assert any(k.endswith("/artifacts/cgcnn.py") for k in model_keys), sorted(model_keys)
     dataset_keys = s3_keys(stack, s3_prefix(stack, curate.info.artifact_uri))
     assert any(k.endswith("electrodes.csv") for k in dataset_keys), dataset_keys
     for run in children:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from voltmodels.graphs.graph import GraphSettings
-from voltmodels.model import CGCNN, CGCNNConfig, load_checkpoint, save_checkpoint
+from voltmodels.model import CHECKPOINT_FORMAT, CGCNN, CGCNNConfig, load_checkpoint, save_checkpoint
 from voltmodels.training import GraphSet, TrainConfig, TrainResult, build_graph_sets, concat_graph_sets, predict, train
 from voltmodels.metrics import regression_metrics
 
@@ -137,7 +137,7 @@ def multi_ion_cache_path(cache: Path, dataset_digest: str, strategy: str, repeat
     """Where the shared model of one split lives: the key is everything that determines it (the
     device is left out: CPU and GPU trainings are interchangeable)."""
     spec = {
-        "version": MULTI_ION_CACHE_VERSION, "dataset": dataset_digest, "split": strategy, "repeat": repeat, "model": model_config.to_dict(),
+        "version": MULTI_ION_CACHE_VERSION, "checkpoint_format": CHECKPOINT_FORMAT, "dataset": dataset_digest, "split": strategy, "repeat": repeat, "model": model_config.to_dict(),
         "train": {k: v for k, v in asdict(train_config).items() if k != "device"}, "graphs": settings.to_dict(),
     }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

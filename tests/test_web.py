@@ -149,7 +149,6 @@ def submit_structure(driver, web: str, text: str, ion: str) -> None:
     box = driver.find_element(By.ID, "structure")
     driver.execute_script("arguments[0].value = arguments[1];", box, text)  # a paste, without typing 3 kB
     Select(driver.find_element(By.ID, "ion")).select_by_value(ion)
-    assert not driver.find_element(By.ID, "material-id").is_enabled()  # planned, not implemented
     driver.find_element(By.ID, "predict").click()
 
 
@@ -200,7 +199,7 @@ def test_page_has_no_external_assets(client):
     assert not re.search(r'(src|href)="(https?:)?//', page)
     for ion in ("Li", "Mg", "Ca", "Zn", "Al", "Na", "K", "Y", "Rb", "Cs"):
         assert f'<option value="{ion}">' in page
-    assert 'id="material-id"' in page and "disabled" in page.split('id="material-id"', 1)[1].split(">", 1)[0]
+    assert 'id="material-id"' in page and "disabled" not in page.split('id="material-id"', 1)[1].split(">", 1)[0]
     for asset in ("/static/web.js", "/static/web.css"):
         assert client.get(asset).status_code == 200
 
@@ -237,6 +236,30 @@ def test_single_cif_shows_voltage_interval_model_and_local_voltages(driver, web,
     assert len(driver.find_elements(By.CSS_SELECTOR, "#cell-view svg circle")) == n_sites
     assert "local voltage (V)" in driver.find_element(By.CSS_SELECTOR, "#cell-view svg .legend").text
     shot(driver, shots, "web_single.png")
+
+
+@needs_browser
+def test_material_id_is_answered_from_the_models_index(driver, web, endpoint, shots):
+    """An MP id typed instead of a structure: the endpoint resolves it from the structures bundled with the router."""
+    import requests
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from voltmodels.data.dataset import load_dataset
+
+    dataset = load_dataset("latest")
+    mid = next(m for m in dataset.rows("Li")["id_discharge"] if len(dataset.compact_structures[m]["species"]) <= 30)
+    driver.get(web + "/")
+    driver.find_element(By.ID, "material-id").send_keys(mid)
+    Select(driver.find_element(By.ID, "ion")).select_by_value("Li")
+    driver.find_element(By.ID, "predict").click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "single-error").is_displayed() or d.find_element(By.ID, "single-result").is_displayed(), "no result shown", shots)
+    assert not driver.find_element(By.ID, "single-error").is_displayed(), driver.find_element(By.ID, "single-error").text
+    direct = requests.post(f"{endpoint}/invocations", json={"dataframe_split": {"columns": ["material_id", "working_ion"], "data": [[mid, "Li"]]}}, timeout=60)
+    assert float(driver.find_element(By.ID, "voltage").text) == pytest.approx(direct.json()["predictions"][0]["voltage"], abs=1e-3)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#local-table tbody tr")) == len(dataset.compact_structures[mid]["species"])
+    assert "looked up by the endpoint" in driver.find_element(By.ID, "cell-note").text
+    shot(driver, shots, "web_material_id.png")
 
 
 @needs_browser

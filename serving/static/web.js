@@ -43,8 +43,8 @@ async function postJSON(url, body) {
   return { ok: true, status: response.status, data };
 }
 
-function predict(rows, params) {
-  return postJSON("/api/predict", { dataframe_split: { columns: COLUMNS, data: rows }, params });
+function predict(rows, params, columns = COLUMNS) {
+  return postJSON("/api/predict", { dataframe_split: { columns, data: rows }, params });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -220,19 +220,30 @@ async function predictOne(event) {
   event.preventDefault();
   const structure = $("structure").value;
   const charged = $("structure-charged").value.trim() ? $("structure-charged").value : null;
+  const materialId = $("material-id").value.trim();
   const ion = $("ion").value;
   showError($("single-error"), "");
   $("single-result").hidden = true;
-  if (!structure.trim()) {
-    showError($("single-error"), "Paste or upload a structure first.");
+  if (!structure.trim() && !materialId) {
+    showError($("single-error"), "Paste or upload a structure, or type a material id, first.");
+    return;
+  }
+  if (structure.trim() && materialId) {
+    showError($("single-error"), "Give a structure or a material id, not both.");
     return;
   }
   $("predict").disabled = true;
   $("single-status").textContent = "Predicting…";
   try {
+    // A material id is resolved by the endpoint (the structures bundled with the model, or the MP API);
+    // the page then has no structure text to draw.
     const [answer, cellAnswer] = await Promise.all([
-      predict([[structure, ion, charged]], { local_voltages: true }),
-      postJSON("/api/cell", { structure }),
+      materialId
+        ? predict([[materialId, ion]], { local_voltages: true }, ["material_id", "working_ion"])
+        : predict([[structure, ion, charged]], { local_voltages: true }),
+      materialId
+        ? Promise.resolve({ ok: false, message: `the structure of ${materialId} was looked up by the endpoint; paste it to see the cell` })
+        : postJSON("/api/cell", { structure }),
     ]);
     if (!answer.ok) {
       showError($("single-error"), answer.message);

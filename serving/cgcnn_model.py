@@ -109,16 +109,12 @@ class CGCNNVoltageModel(mlflow.pyfunc.PythonModel):
     """One ion's CGCNN. Artifacts: `checkpoint` (voltmodels.model.save_checkpoint)."""
 
     def load_context(self, context):
+        from serving.identity import served_identity
         from voltmodels.config import set_torch_threads
 
         set_torch_threads()
-        config = context.model_config or {}
-        from serving.identity import logged_model_id, model_dir_of, registered_version
-
-        model_id = logged_model_id(model_dir_of(context.artifacts["checkpoint"]))
-        name = config.get("model_name") or ""
-        self.predictor = p = CGCNNPredictor(context.artifacts["checkpoint"], name, registered_version(name, model_id), model_id)
-        p.limits = Limits.from_config(config)
+        self.predictor = p = CGCNNPredictor(context.artifacts["checkpoint"], *served_identity(context, "checkpoint"))
+        p.limits = Limits.from_config(context.model_config)
         # The pre-refactor attributes, for callers that use them.
         self.model, self.settings, self.meta, self.ion = p.model, p.settings, p.meta, p.ion
         self.model_name, self.model_version = p.model_name, p.model_version

@@ -33,3 +33,10 @@ def registered_version(registered_name: str, model_id: str) -> str:
 def model_dir_of(artifact_path: str | Path) -> Path:
     """The model folder of one of its pyfunc artifacts (<model>/artifacts/<file>)."""
     return Path(artifact_path).resolve().parents[1]
+
+
+def served_identity(context, artifact: str) -> tuple[str, str, str]:
+    """(registered name, version, LoggedModel id) of the pyfunc loading `context`, located by one of its artifacts."""
+    model_id = logged_model_id(model_dir_of(context.artifacts[artifact]))
+    name = (context.model_config or {}).get("model_name") or ""
+    return name, registered_version(name, model_id), model_id

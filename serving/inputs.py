@@ -20,7 +20,6 @@ from voltmodels.config import VoltmodelsError
 from voltmodels.graphs.convert import parse_structure
 
 REQUIRED_COLUMNS = ("structure", "working_ion")
-MAX_SITES = DEFAULT_LIMITS.max_sites
 
 
 def invalid(message: str) -> MlflowException:

@@ -25,6 +25,18 @@ def pinned(packages: Iterable[str]) -> list[str]:
     return pins
 
 
+def installed(packages: Iterable[str]) -> list[str]:
+    """The packages of the list that are installed here (a model of this checkout can only use those)."""
+    found = []
+    for package in packages:
+        try:
+            version(package)
+            found.append(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
 def example_request(structures: Sequence, ion: str) -> pd.DataFrame:
     """A request of real structures as CIF text, one row each: the example logged with a model's signature."""
     return pd.DataFrame({"structure": [structure.to(fmt="cif") for structure in structures], "working_ion": [ion] * len(structures)})

@@ -114,35 +114,23 @@ class PotentialPredictor:
 
 class PotentialVoltageModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
+        from serving.identity import served_identity
         from voltmodels.config import set_torch_threads
 
         set_torch_threads()
-        config = context.model_config or {}
-        from serving.identity import logged_model_id, model_dir_of, registered_version
-
-        model_id = logged_model_id(model_dir_of(context.artifacts[FAMILY_ARTIFACT]))
-        name = config.get("model_name") or ""
-        self.predictor = PotentialPredictor(context.artifacts[FAMILY_ARTIFACT], context.artifacts.get(REGRESSOR_ARTIFACT), name, registered_version(name, model_id), model_id)
-        self.predictor.limits = Limits.from_config(config)
+        self.predictor = PotentialPredictor(context.artifacts[FAMILY_ARTIFACT], context.artifacts.get(REGRESSOR_ARTIFACT), *served_identity(context, FAMILY_ARTIFACT))
+        self.predictor.limits = Limits.from_config(context.model_config)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return predict_rows(lambda frame: self.predictor.predict(frame, params), model_input, params, OUTPUT_COLUMNS)
 
 
 def pip_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     from serving.cgcnn_model import pip_requirements as base
-    from serving.packaging import pinned
+    from serving.packaging import installed, pinned
     from voltmodels.potentials.calculators import BUILTIN, FROM_FILE
 
-    def installed(package: str) -> bool:
-        try:
-            return bool(version(package))
-        except PackageNotFoundError:  # not installed here: no model of this checkout can use it
-            return False
-
-    return [*base(), *pinned(["matminer", "ase", "skops", *(p for p in sorted({*BUILTIN.values(), *FROM_FILE.values()}) if installed(p))])]
+    return [*base(), *pinned(["matminer", "ase", "skops", *installed(sorted({*BUILTIN.values(), *FROM_FILE.values()}))])]
 
 
 def family_metadata(model, *, potential: str, registered_name: str, ions, relax_settings, embedding_dims: dict, metrics: dict) -> dict:

@@ -110,13 +110,14 @@ def read_inputs(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
 
 
 def describe(structures: pd.Series) -> pd.DataFrame:
-    """formula, n_sites and parse_error (None if it parsed) of structure texts: the parse stage."""
-    from voltmodels.graphs.convert import parse_structure
+    """formula, n_sites and parse_error (None if it parsed) of structure texts: the parse stage, under
+    the served models' limits (an oversized cell is refused from its text, not parsed)."""
+    from serving.inputs import parse_structure_bounded
 
     formula, n_sites, errors = [], [], []
     for raw in structures:
         try:
-            s = parse_structure(raw)
+            s = parse_structure_bounded(raw)
             formula.append(s.composition.reduced_formula), n_sites.append(len(s)), errors.append(None)
         except VoltmodelsError as exc:
             formula.append(None), n_sites.append(-1), errors.append(str(exc))

@@ -139,7 +139,7 @@ def _oganesson() -> str:
 
 
 def _huge() -> str:
-    cell = Structure(Lattice.cubic(3.0), ["Li"], [[0, 0, 0]]) * (8, 8, 8)  # 512 sites > MAX_SITES
+    cell = Structure(Lattice.cubic(3.0), ["Li"], [[0, 0, 0]]) * (8, 8, 8)  # 512 sites > the default max_sites (500)
     return json.dumps({"lattice": cell.lattice.matrix.tolist(), "species": ["Li"] * len(cell), "frac_coords": cell.frac_coords.tolist()})
 
 

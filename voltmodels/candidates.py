@@ -99,9 +99,9 @@ def substitute(structure: Structure, source: str, target: str, orderings: int = 
             break
         kept = _farthest_point(distances, n_keep, start)
         fingerprint = tuple(np.round(np.sort(distances[np.ix_(kept, kept)][np.triu_indices(len(kept), 1)]), 2))
-        if (kept, None) in seen or fingerprint in seen:
+        if fingerprint in seen:
             continue
-        seen.update({(kept, None), fingerprint})
+        seen.add(fingerprint)
         candidate = structure.copy()
         candidate.remove_sites([sites[i] for i in range(len(sites)) if i not in kept])
         candidate.replace_species({source: target})

@@ -22,7 +22,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine_line  # noqa: E402
+from voltmodels.machine import machine_line  # noqa: E402
 from voltmodels import baselines as bl  # noqa: E402
 from voltmodels.config import SUPPORTED_IONS, parse_ions  # noqa: E402
 from voltmodels.data.curation import SPLIT_STRATEGIES  # noqa: E402

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine_line  # noqa: E402
+from voltmodels.machine import machine_line  # noqa: E402
 from voltmodels.config import project_root, resolve_snapshot  # noqa: E402
 from voltmodels.graphs import GraphCache, GraphSettings, structure_to_graph  # noqa: E402
 

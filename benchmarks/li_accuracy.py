@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine_line  # noqa: E402
+from voltmodels.machine import machine_line  # noqa: E402
 from pipelines.common import setup_tracking  # noqa: E402
 from voltmodels import baselines, registry, tracking  # noqa: E402
 from voltmodels.config import set_torch_threads  # noqa: E402

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine_line  # noqa: E402
+from voltmodels.machine import machine_line  # noqa: E402
 from pipelines.common import setup_tracking  # noqa: E402
 from voltmodels.tracking import finished_runs  # noqa: E402
 

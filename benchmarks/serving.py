@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine_line  # noqa: E402
+from voltmodels.machine import machine_line  # noqa: E402
 from serving.processes import ServerProcess, free_port  # noqa: E402
 from voltmodels.config import default_tracking_uri, resolve_snapshot  # noqa: E402
 

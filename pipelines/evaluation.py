@@ -6,15 +6,14 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 
 from serving.cgcnn_model import log_cgcnn_model
 from serving.packaging import example_request
 from voltmodels import plots
 from voltmodels import registry, tracking
-from voltmodels.training import conformal_halfwidth, fit_local_head, predict
-from voltmodels.metrics import regression_metrics
+from voltmodels.training import fit_local_head, predict
+from voltmodels.metrics import cgcnn_interval, regression_metrics
 from voltmodels.model import save_checkpoint
 
 
@@ -46,9 +45,7 @@ def log_final_model(
     """
     local_head_mae = fit_local_head(model, sets["train"], settings)
     metrics, pairs = evaluate(model, sets, settings)
-    halfwidth = conformal_halfwidth(*pairs["val"])
-    test_true, test_pred = pairs["test"]
-    coverage = float(np.mean(np.abs(test_pred - test_true) <= halfwidth))
+    halfwidth, coverage = cgcnn_interval(pairs.get("calib"), pairs["test"])
     metrics.update({"conformal_halfwidth": halfwidth, "test_interval_coverage": coverage, "local_head_train_mae": local_head_mae})
     mlflow.log_metrics({metric_prefix + k: v for k, v in metrics.items()})
     fig = plots.parity_plot(pairs, f"{ion} {method}")

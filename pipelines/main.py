@@ -1,8 +1,9 @@
-"""Entry point `main`: the whole study in one command, reusing steps that already ran.
+"""Entry point `main`: fit what users serve in one command, reusing steps that already ran.
 
 curate -> train_li -> baselines (all ions) -> transfer (all ions) -> uip (universal-potential families)
--> interpret -> router (per ion the better champion of CGCNN and potential families).
-Baselines run before transfer so that the transfer comparison tables include them. A step is
+-> interpret -> router (per ion the better champion of CGCNN and potential families), and with
+`--evaluate true` the repeated-split grid (`evaluate`). The fit steps train and register on one split
+(random repeat 0): the n_repeats x strategies statistics are evaluate's job. A step is
 reused when a FINISHED run of the same entry point with the same parameters and the same source
 version exists (MLflow's multistep-workflow pattern); otherwise it is launched with
 `mlflow.projects.run` and its run id feeds the next step. The parameters of a step include the run
@@ -33,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--interpret-ions", default="Li,Mg,Zn,Al")
     p.add_argument("--multi-ion", default="true", choices=["true", "false"], help="transfer also compares the shared multi-ion model")
     p.add_argument("--potential", default="sevennet-0", help="universal potential(s) of the uip step; 'none' leaves the step out")
+    p.add_argument("--evaluate", default="false", choices=["true", "false"], help="also run the repeated-split grid (evaluate) after the fit steps")
     return p.parse_args(argv)
 
 
@@ -88,16 +90,20 @@ def main(argv=None) -> None:
         common = {"dataset": curate, "profile": args.profile, "seed": args.seed}
         steps = {"curate": curate}
         steps["train_li"] = get_or_run("train_li", common, version)
-        steps["baselines"] = get_or_run("baselines", {**common, "ion": "all"}, version)
-        steps["transfer"] = get_or_run("transfer", {**common, "ion": "all", "multi_ion": args.multi_ion, "upstream": steps["train_li"]}, version)
+        fit = {"n_repeats": 1, "split": "random"}  # one split: the repeated-split statistics are evaluate's
+        steps["baselines"] = get_or_run("baselines", {**common, **fit, "ion": "all"}, version)
+        steps["transfer"] = get_or_run("transfer", {**common, **fit, "ion": "all", "multi_ion": args.multi_ion, "upstream": steps["train_li"]}, version)
         if args.potential.strip().lower() != "none":
-            steps["uip"] = get_or_run("uip", {**common, "potential": args.potential}, version)
+            steps["uip"] = get_or_run("uip", {**common, **fit, "potential": args.potential}, version)
         if "interpret" in _entry_points():
             for ion in parse_ions(args.interpret_ions, every=()):
                 steps[f"interpret_{ion}"] = get_or_run("interpret", {"ion": ion, "dataset": curate, "upstream": f"{steps['train_li']},{steps['transfer']}"}, version)
         if "router" in _entry_points():
             upstream = ",".join(steps[k] for k in ("train_li", "transfer", "uip") if k in steps)
             steps["router"] = get_or_run("router", {"upstream": upstream}, version)
+        if args.evaluate == "true":
+            grid = {"potential": args.potential} if args.potential.strip().lower() != "none" else {"families": "li,transfer,baselines"}
+            steps["evaluate"] = get_or_run("evaluate", {**common, **grid, "upstream": steps["train_li"]}, version)
         mlflow.log_dict(steps, "steps.json")
         print(f"[main] done: {steps}; main run {run.info.run_id}")
 

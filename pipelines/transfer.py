@@ -4,7 +4,6 @@ scratch, fine-tuning and the SVR/KRR/RFR baselines; the best transferred model i
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 
@@ -20,10 +19,10 @@ from voltmodels.data.dataset import load_dataset
 from voltmodels.featurized import dataset_graphs
 from voltmodels.metrics import summarize
 from voltmodels.model import CGCNN
-from voltmodels.tracking import finished_runs, load_cgcnn, registered_version
+from voltmodels.tracking import DEFAULT_SELECTION_RULE, finished_runs, load_cgcnn, trial_params
 from voltmodels.training import build_graph_sets
 from voltmodels.transfer import (
-    METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, shared_multi_ion_model, with_selected,
+    METHODS, MIN_ROWS, MULTI_METHODS, REGISTERED_METHODS, TRANSFER_MODES, TransferConfig, compare_methods, shared_multi_ion_model, transfer_config, with_selected,
 )
 from voltmodels.tuning import profile
 
@@ -74,20 +73,6 @@ def baseline_rows(ion: str, digest: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["ion", "split", "method", "mae_mean", "mae_std"])
 
 
-def multi_ion_hyperparameters(base_uri: str) -> dict:
-    """The base model's tuned learning rate, weight decay and batch size (its `trial_params` version
-    tag), for the shared multi-ion model; {} when the base is not a tuned registered version."""
-    version = registered_version(base_uri)
-    if version is None:  # not a registered version (e.g. a LoggedModel URI): the defaults apply
-        return {}
-    try:
-        params = json.loads(version.tags.get("trial_params", "{}"))
-    except ValueError:  # a tag that is not JSON: the defaults apply
-        return {}
-    keys = {"learning_rate": "lr_multi", "weight_decay": "multi_weight_decay", "batch_size": "multi_batch_size"}
-    return {field: type(getattr(TransferConfig, field))(params[key]) for key, field in keys.items() if key in params}
-
-
 def multi_ion_model(dataset, base: CGCNN, settings, config: TransferConfig, strategy: str, repeat: int, cache: dict) -> CGCNN:
     """The shared multi-ion model of one split: trained once per run (and kept on disk for later runs)."""
     if "graphs" not in cache:
@@ -106,10 +91,7 @@ def transfer_ion(ion, dataset, base, settings, args, prof, multi_cache: dict | N
         raise VoltmodelsError(f"Working ion {ion} has only {len(rows_all)} electrodes in dataset {dataset.digest}; transfer needs at least {MIN_ROWS}.")
     graphs, errors = dataset_graphs(dataset, ion, settings, progress=False)
     methods = [m for m in METHODS if args.mode == "both" or m not in TRANSFER_MODES or m == args.mode]
-    config = TransferConfig(
-        epochs=args.epochs or prof.transfer_epochs, patience=prof.patience, lr_freeze=args.lr_freeze, lr_finetune=args.lr_finetune, seed=args.seed,
-        **multi_ion_hyperparameters(args.base_model),
-    )
+    config = transfer_config(args.epochs or prof.transfer_epochs, prof.patience, args.seed, trial_params(args.base_model), lr_freeze=args.lr_freeze, lr_finetune=args.lr_finetune)
     n_repeats = args.n_repeats or prof.n_repeats
     splits = SPLITS if args.split == "both" else (args.split,)
     mlflow.set_tags({"ion": ion, "dataset_digest": dataset.digest, "base_model": args.base_model, "mode": args.mode})
@@ -155,7 +137,7 @@ def transfer_ion(ion, dataset, base, settings, args, prof, multi_cache: dict | N
                     "base_model": {"scratch": "none", "multi_direct": MULTI_BASE, "multi_finetune": MULTI_BASE}.get(method, args.base_model),
                     "mode": method,
                     "frozen_layers": "embedding,convs" if method == "freeze" else "none",
-                    "selection_rule": f"mean val_mae over {n_repeats} random splits",
+                    "selection_rule": DEFAULT_SELECTION_RULE if n_repeats == 1 else f"mean val_mae over {n_repeats} random splits",
                 },
             )
     return {"summary": summary, "versions": versions}

@@ -14,7 +14,6 @@ structure-JSON files (id = file name), a JSON file {id: structure}, or one struc
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from voltmodels.config import VoltmodelsError
+from voltmodels.spark import spark_session
 
 STRUCTURE_SUFFIXES = {".cif", ".json", ".mcif", ".vasp", ".poscar"}
 TABLE_SUFFIXES = {".parquet", ".jsonl"}
@@ -176,20 +176,6 @@ def score_pandas(model, table: pd.DataFrame, batch_size: int = 64) -> tuple[pd.D
     for column in ("voltage", "voltage_lower", "voltage_upper"):
         predictions[column] = pd.to_numeric(predictions[column])
     return described, predictions
-
-
-def spark_session(master: str = "local[2]", app_name: str = "voltmodels-screen"):
-    """A Spark session whose Python workers run torch on one thread each (set before the JVM starts,
-    so local workers inherit it; on a cluster, spark.executorEnv carries it)."""
-    from pyspark.sql import SparkSession
-
-    pinned = {"VOLTMODELS_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    os.environ.update({k: os.environ.get(k, v) for k, v in pinned.items()})
-    builder = SparkSession.builder.master(master).appName(app_name).config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "8")
-    for key, value in pinned.items():
-        builder = builder.config(f"spark.executorEnv.{key}", value)
-    return builder.getOrCreate()
-
 
 def spark_table(spark, path: str | Path, ion: str | None):
     """A Parquet / JSON-lines structure table with an `id` (or `candidate_id`) column read by Spark

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -13,7 +14,8 @@ from voltmodels.graphs.batch import collate
 from voltmodels.graphs.convert import structure_to_graph
 from voltmodels.graphs.graph import GraphSettings
 from voltmodels.model import CGCNN, CGCNNConfig, load_checkpoint, save_checkpoint
-from voltmodels.training import GraphSet, TrainConfig, conformal_halfwidth, fit_local_head, predict, train
+from voltmodels.metrics import conformal_half_width
+from voltmodels.training import GraphSet, TrainConfig, fit_local_head, predict, train
 
 SETTINGS = GraphSettings()
 
@@ -172,6 +174,31 @@ def test_checkpoint_loads_weights_only_and_refuses_pickles(tmp_path):
         load_checkpoint(tmp_path / "old.pt")
 
 
-def test_conformal_halfwidth_is_the_right_order_statistic():
+def test_conformal_half_width_is_the_right_order_statistic():
     residual = np.arange(1, 20, dtype=float)  # n = 19, ceil(20 * 0.9) = 18th smallest
-    assert conformal_halfwidth(np.zeros(19), residual, 0.9) == 18.0
+    assert conformal_half_width(residual, 0.9) == 18.0
+    assert conformal_half_width(np.array([0.1, 0.2])) == float("inf")  # too few rows for 90 %
+
+
+def test_calibration_rows_are_training_rows_no_cgcnn_trains_on():
+    """The CGCNN's calibration rows: a seeded tenth of an ion's training rows (whole frameworks on
+    the framework split), out of train in build_graph_sets, and in no other part."""
+    from voltmodels.data.curation import calibration_rows
+
+    rng = np.random.default_rng(0)
+    n = 400
+    rows = pd.DataFrame({"working_ion": ["Li"] * 300 + ["Al"] * 70 + ["Cs"] * 30, "battery_id": [f"b{i}" for i in range(n)],
+                         "framework_formula": [f"F{i // 4}" for i in range(n)]})
+    labels = np.where(rng.random(n) < 0.8, "train", np.where(rng.random(n) < 0.5, "val", "test"))
+    for strategy in ("random", "framework"):
+        chosen = calibration_rows(rows, labels, strategy, seed=3)
+        assert (labels[chosen] == "train").all()
+        li_train = ((rows["working_ion"] == "Li") & (labels == "train")).sum()
+        assert round(0.1 * li_train) <= chosen[:300].sum() <= round(0.1 * li_train) + (3 if strategy == "framework" else 0)
+        assert chosen[300:370].sum() >= 10  # Al's ~56 training rows spare the minimum of 10
+        assert not chosen[370:].any()  # Cs's ~24 cannot spare 10 and keep 3x as many to train on
+        if strategy == "framework":  # a framework is calibration rows entirely or not at all
+            train = labels == "train"
+            assert (rows[train].assign(c=chosen[train]).groupby("framework_formula")["c"].nunique() == 1).all()
+        assert (calibration_rows(rows, labels, strategy, seed=3) == chosen).all()
+        assert (calibration_rows(rows, labels, strategy, seed=4) != chosen).any()

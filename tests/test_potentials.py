@@ -126,7 +126,8 @@ def test_sevennet_zero_shot_on_real_electrodes_and_cache(subset_dataset, tmp_pat
 def test_families_fit_and_calibrate(subset_dataset):
     from voltmodels import baselines as bl
     from voltmodels.potentials.electrodes import DatasetInputs
-    from voltmodels.potentials.families import FAMILIES, conformal_half_width, evaluate
+    from voltmodels.metrics import conformal_half_width
+    from voltmodels.potentials.families import FAMILIES, evaluate
 
     inputs = DatasetInputs(subset_dataset, "sevennet-0", "a")
     features = bl.dataset_features(subset_dataset)

@@ -19,6 +19,24 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
     }
 
 
+def conformal_half_width(residuals, coverage: float = 0.9) -> float:
+    """Split-conformal half-width: the ceil((n + 1) coverage)-th smallest |residual| of calibration
+    rows (NaN residuals dropped); inf when there are too few rows for that coverage."""
+    r = np.sort(np.abs(np.asarray(residuals, float)))
+    r = r[np.isfinite(r)]
+    k = int(np.ceil((len(r) + 1) * coverage))
+    return float(r[k - 1]) if 0 < k <= len(r) else float("inf")
+
+
+def cgcnn_interval(calib: tuple | None, test: tuple) -> tuple[float, float]:
+    """(half-width, test coverage) of a CGCNN's 90 % interval from its (true, predicted) calibration
+    and test pairs; NaN for both when the ion spared no calibration rows (no interval is served)."""
+    half = conformal_half_width(calib[0] - calib[1]) if calib is not None and len(calib[0]) else float("nan")
+    if not np.isfinite(half):
+        return float("nan"), float("nan")
+    return half, float(np.mean(np.abs(test[1] - test[0]) <= half))
+
+
 def repeat_std(values) -> float:
     """Sample standard deviation (ddof=1) over repeats, missing values dropped; NaN for fewer than two."""
     values = pd.Series(values, dtype=float).dropna()

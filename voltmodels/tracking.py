@@ -97,6 +97,43 @@ def resolve_model_uri(uri: str) -> str:
     return uri
 
 
+def trial_params(uri: str) -> dict:
+    """A registered CGCNN's tuned hyperparameters (its `trial_params` version tag); {} when the URI
+    is not a tuned registered version (e.g. a LoggedModel URI): the defaults then apply."""
+    import json
+
+    version = registered_version(uri)
+    if version is None:
+        return {}
+    try:
+        return json.loads(version.tags.get("trial_params", "{}"))
+    except ValueError:  # a tag that is not JSON: the defaults apply
+        return {}
+
+
+def log_table_run(name: str, tables: dict, machine: str, dataset_digest: str = "", params: dict | None = None, command: str = "") -> str:
+    """One MLflow run per printed results table: each table (a DataFrame or markdown text) as an
+    artifact, with the dataset digest, the machine line and the command that printed it."""
+    import tempfile
+
+    import pandas as pd
+
+    with mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({"voltmodels.step": "results_table", "table": name, "machine": machine[:5000], "dataset_digest": dataset_digest, "command": command[:5000]})
+        if params:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            for table_name, table in tables.items():
+                if isinstance(table, pd.DataFrame):
+                    table.to_csv(Path(tmp) / f"{table_name}.csv", index=False)
+                    text = table.to_markdown(index=False)
+                else:
+                    text = str(table)
+                (Path(tmp) / f"{table_name}.md").write_text(f"{machine}\n\n{text}\n")
+            mlflow.log_artifacts(tmp, "tables")
+        return run.info.run_id
+
+
 def load_cgcnn(uri: str):
     """(CGCNN, GraphSettings) of a logged voltmodels CGCNN pyfunc; one clear sentence when there is none."""
     resolve_model_uri(uri)

@@ -235,22 +235,17 @@ def concat_graph_sets(parts: Sequence[GraphSet]) -> GraphSet:
 
 
 def build_graph_sets(rows, graphs: dict, split_column: str = "split") -> dict[str, GraphSet]:
-    """GraphSets per split from rows with `id_discharge`, `average_voltage` and a split column."""
+    """GraphSets per part from rows with `id_discharge`, `average_voltage` and a split column: train,
+    val, test, and calib, the training rows `dataset.split` set aside (its `calibration` column) for
+    the conformal interval alone, so no training, early stopping or selection has seen them."""
     sets = {}
-    for part in ("train", "val", "test"):
-        sub = rows[(rows[split_column] == part) & rows["id_discharge"].isin(list(graphs))]
+    calibration = rows["calibration"].to_numpy(bool) if "calibration" in rows else np.zeros(len(rows), bool)
+    labels = np.where(calibration, "calib", rows[split_column].to_numpy(object))
+    for part in ("train", "val", "test", "calib"):
+        sub = rows[(labels == part) & rows["id_discharge"].isin(list(graphs)).to_numpy()]
         sets[part] = GraphSet(
             graphs=[graphs[m] for m in sub["id_discharge"]],
             targets=sub["average_voltage"].to_numpy(dtype=np.float32),
             ids=list(sub["battery_id"]),
         )
     return sets
-
-
-def conformal_halfwidth(val_true: np.ndarray, val_pred: np.ndarray, coverage: float = 0.9) -> float:
-    """Split-conformal half-width: the ceil((n+1)coverage)-th smallest absolute validation residual."""
-    residuals = np.sort(np.abs(np.asarray(val_pred) - np.asarray(val_true)))
-    if len(residuals) == 0:
-        return float("nan")
-    k = min(len(residuals) - 1, int(np.ceil((len(residuals) + 1) * coverage)) - 1)
-    return float(residuals[k])

@@ -65,6 +65,18 @@ class TransferConfig:
         )
 
 
+#: The Li search's parameters that the shared multi-ion model takes over (it sees ~3,000 rows, like Li).
+MULTI_FROM_TRIAL = {"learning_rate": "lr_multi", "weight_decay": "multi_weight_decay", "batch_size": "multi_batch_size"}
+
+
+def transfer_config(epochs: int, patience: int, seed: int, trial_params: dict | None = None, **overrides) -> TransferConfig:
+    """The transfer settings of a profile, with the Li champion's tuned learning rate, weight decay
+    and batch size (its `trial_params`) for the shared multi-ion model; the defaults where absent."""
+    trial_params = trial_params or {}
+    multi = {field: type(getattr(TransferConfig, field))(trial_params[key]) for key, field in MULTI_FROM_TRIAL.items() if key in trial_params}
+    return TransferConfig(epochs=epochs, patience=patience, seed=seed, **{**multi, **overrides})
+
+
 def fit_method(
     method: str, base: CGCNN, sets: dict[str, GraphSet], settings: GraphSettings, config: TransferConfig, multi_base: CGCNN | None = None
 ) -> tuple[CGCNN, TrainResult | None]:

@@ -83,52 +83,56 @@ def evaluate_ion(
     if "random" not in strategies:
         plan.insert(0, ("random", 0))
     for strategy, repeat in plan:
-        rows = dataset.split(ion, strategy, repeat)
-        parts = {name: rows[rows["split"] == name] for name in ("train", "val", "test")}
-        X_train, y_train = features_and_targets(parts["train"], features)
-        groups = parts["train"]["framework_formula"].to_numpy() if strategy == "framework" else None
-        for method in methods:
-            fit = fit_method(method, X_train, y_train, profile, seed + repeat, groups)
-            if strategy == "random" and repeat == 0:
-                X_val, y_val = features_and_targets(parts["val"], features)
-                fit.val_mae = regression_metrics(y_val, fit.model.predict(X_val))["mae"] if len(y_val) else fit.cv_mae
-                final[method] = fit
-            if strategy not in strategies:
-                continue  # random repeat 0 fitted for registration only
-            record = {
-                "ion": ion,
-                "split": strategy,
-                "repeat": repeat,
-                "method": method,
-                "n_train": len(parts["train"]),
-                "n_val": len(parts["val"]),
-                "n_test": len(parts["test"]),
-                "cv_mae": fit.cv_mae,
-                "params": json.dumps(fit.best_params, sort_keys=True),
-                "seconds": fit.seconds,
-            }
-            for part in ("val", "test"):
-                X, y = features_and_targets(parts[part], features)
-                pred = fit.model.predict(X) if len(y) else np.zeros(0)
-                if len(y):
-                    record.update({f"{part}_{k}": v for k, v in regression_metrics(y, pred).items()})
-                if repeat == 0:
-                    ids = parts[part]["id_discharge"].to_numpy()
-                    predictions.append(
-                        pd.DataFrame({"split": strategy, "method": method, "id_discharge": ids, "part": part, "true": y, "predicted": pred})
-                    )
-            records.append(record)
-            if log is not None:
-                log(
-                    f"{ion} {strategy} repeat {repeat} {method}: test MAE {record.get('test_mae', float('nan')):.3f} V "
-                    f"(cv {fit.cv_mae:.3f}, {fit.seconds:.1f} s, {fit.best_params})"
-                )
+        split_records, split_predictions, fits = evaluate_split(dataset, ion, features, methods, strategy, repeat, profile, seed, log)
+        if (strategy, repeat) == ("random", 0):
+            final.update(fits)
+        if strategy in strategies:  # random repeat 0 may be fitted for registration only
+            records += split_records
+            predictions += split_predictions
     return IonEvaluation(
         ion=ion,
         records=pd.DataFrame(records),
         predictions=pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame(),
         final=final,
     )
+
+
+def evaluate_split(
+    dataset, ion: str, features: pd.DataFrame, methods: Sequence[str], strategy: str, repeat: int, profile: str = "quick", seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[dict], list[pd.DataFrame], dict[str, FitResult]]:
+    """Every method on repeat `repeat` of `strategy` for one ion: records, val/test predictions of
+    repeat 0, and the fitted models (with `val_mae` set). A task of the evaluation grid."""
+    rows = dataset.split(ion, strategy, repeat)
+    parts = {name: rows[rows["split"] == name] for name in ("train", "val", "test")}
+    X_train, y_train = features_and_targets(parts["train"], features)
+    groups = parts["train"]["framework_formula"].to_numpy() if strategy == "framework" else None
+    records, predictions, fits = [], [], {}
+    for method in methods:
+        fit = fit_method(method, X_train, y_train, profile, seed + repeat, groups)
+        X_val, y_val = features_and_targets(parts["val"], features)
+        fit.val_mae = regression_metrics(y_val, fit.model.predict(X_val))["mae"] if len(y_val) else fit.cv_mae
+        fits[method] = fit
+        record = {
+            "ion": ion, "split": strategy, "repeat": repeat, "method": method,
+            "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
+            "cv_mae": fit.cv_mae, "params": json.dumps(fit.best_params, sort_keys=True), "seconds": fit.seconds,
+        }
+        for part in ("val", "test"):
+            X, y = features_and_targets(parts[part], features)
+            pred = fit.model.predict(X) if len(y) else np.zeros(0)
+            if len(y):
+                record.update({f"{part}_{k}": v for k, v in regression_metrics(y, pred).items()})
+            if repeat == 0:
+                ids = parts[part]["id_discharge"].to_numpy()
+                predictions.append(pd.DataFrame({"split": strategy, "method": method, "id_discharge": ids, "part": part, "true": y, "predicted": pred}))
+        records.append(record)
+        if log is not None:
+            log(
+                f"{ion} {strategy} repeat {repeat} {method}: test MAE {record.get('test_mae', float('nan')):.3f} V "
+                f"(cv {fit.cv_mae:.3f}, {fit.seconds:.1f} s, {fit.best_params})"
+            )
+    return records, predictions, fits
 
 
 def metric_name(method: str, quantity: str, split: str = "random") -> str:

@@ -201,6 +201,36 @@ def assign_splits(table: pd.DataFrame, strategy: str, seed: int, fractions=(0.8,
     return labels
 
 
+#: Share of an ion's training rows that `calibration_rows` sets aside (at least CALIBRATION_MIN_ROWS).
+CALIBRATION_FRACTION = 0.1
+CALIBRATION_MIN_ROWS = 10
+
+
+def calibration_rows(rows: pd.DataFrame, labels, strategy: str, seed: int) -> np.ndarray:
+    """Which training rows a model that selects on its validation rows (the CGCNN: early stopping,
+    Optuna, the champion rule) leaves out for its conformal interval: a seeded CALIBRATION_FRACTION of
+    the ion's training rows, whole frameworks on the framework split (as its test rows are frameworks
+    never trained on). None when the ion has too few training rows to spare CALIBRATION_MIN_ROWS."""
+    labels = np.asarray(labels, dtype=object)
+    chosen = np.zeros(len(rows), bool)
+    for ion in pd.unique(rows["working_ion"]):
+        train = np.flatnonzero((rows["working_ion"].to_numpy() == ion) & (labels == "train"))
+        want = max(CALIBRATION_MIN_ROWS, int(round(CALIBRATION_FRACTION * len(train))))
+        if len(train) < 4 * want:
+            continue
+        keys = rows["framework_formula"].to_numpy()[train] if strategy == "framework" else rows["battery_id"].to_numpy()[train]
+        rng = np.random.default_rng([seed, 7, *map(ord, ion)])
+        groups = pd.unique(keys)
+        taken = 0
+        for group in groups[rng.permutation(len(groups))]:
+            if taken >= want:
+                break
+            members = train[keys == group]
+            chosen[members] = True
+            taken += len(members)
+    return chosen
+
+
 def curate(raw: RawElectrodes, params: CurationParams = CurationParams()) -> CurationResult:
     table, structures, dropped, counts = clean(raw, params)
     if table.empty:

@@ -21,7 +21,7 @@ import pandas as pd
 from pymatgen.core import Structure
 
 from voltmodels.config import VoltmodelsError
-from voltmodels.data.curation import SPLIT_STRATEGIES, CurationResult, assign_splits
+from voltmodels.data.curation import SPLIT_STRATEGIES, CurationResult, assign_splits, calibration_rows
 from voltmodels.graphs.convert import parse_structure, structure_to_compact
 
 ELECTRODES = "electrodes.csv"
@@ -108,7 +108,9 @@ class CuratedDataset:
         return view
 
     def split(self, ion: str, strategy: str = "random", repeat: int = 0) -> pd.DataFrame:
-        """The ion's rows with a `split` column; repeat 0 is the curated split, repeat k reseeds it."""
+        """The ion's rows with a `split` column (repeat 0 is the curated split, repeat k reseeds it) and a
+        `calibration` column: the training rows that models selecting on validation rows keep out
+        for their conformal interval (`calibration_rows`); the other families train on them."""
         rows = self.rows(ion)
         if strategy not in SPLIT_STRATEGIES:
             raise VoltmodelsError(f"Unknown split strategy {strategy!r}; use one of {', '.join(SPLIT_STRATEGIES)}.")
@@ -117,7 +119,9 @@ class CuratedDataset:
         else:
             params = self.manifest["params"]
             labels = assign_splits(rows, strategy, params["seed"] + 1000 * repeat, tuple(params["fractions"]))
-        return rows.assign(split=labels.to_numpy())
+        params = self.manifest["params"]
+        calibration = calibration_rows(rows, labels.to_numpy(), strategy, params["seed"] + 1000 * repeat)
+        return rows.assign(split=labels.to_numpy(), calibration=calibration)
 
 
 def load_dataset(reference: str | None = None) -> CuratedDataset:

@@ -10,7 +10,8 @@
                (ridge), all ions together
 
 Every family is fitted on the train rows only; its 90 % interval half-width is the conformal
-quantile of |residual| on the ion's validation rows, which no fit or selection of the family used.
+quantile of the ion's out-of-fold |residual| on those train rows (cross-conformal), so neither the
+validation rows (which select among families) nor the test rows shape it.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import pandas as pd
 
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
 from voltmodels.data.curation import SPLIT_STRATEGIES
+from voltmodels.metrics import conformal_half_width
 
 FAMILIES = ("uip", "uip_recal", "uip_delta", "uip_head")
 MODES = ("a", "b")
 COVERAGE = 0.9
-#: Below this many validation rows an ion's interval uses the pooled validation residuals.
+#: Below this many calibration rows an ion's interval uses the pooled residuals.
 MIN_CALIBRATION_ROWS = 10
 
 
@@ -177,19 +179,36 @@ def fit_family(family: str, inputs: PotentialInputs, features: np.ndarray, ions:
     return model
 
 
-def conformal_half_width(residuals: np.ndarray, coverage: float = COVERAGE) -> float:
-    """Split-conformal half-width: the ceil((n + 1) coverage)-th smallest |residual| (inf if n too small)."""
-    r = np.sort(np.abs(residuals[np.isfinite(residuals)]))
-    k = int(np.ceil((len(r) + 1) * coverage))
-    return float(r[k - 1]) if 0 < k <= len(r) else float("inf")
+#: Folds of the cross-conformal residuals that set the interval.
+CALIBRATION_FOLDS = 5
 
 
-def calibrate(model: FamilyModel, inputs: PotentialInputs, features: np.ndarray, ions: np.ndarray, y: np.ndarray) -> None:
-    """Set the interval half-widths from calibration rows (validation rows, never used to fit)."""
-    residuals = y - model.predict(inputs, features, ions)
+def calibrate_cross(
+    model: FamilyModel, inputs: PotentialInputs, features: np.ndarray, ions: np.ndarray, y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None,
+    folds: int = CALIBRATION_FOLDS,
+) -> None:
+    """Set the interval half-widths from out-of-fold residuals of the training rows (cross-conformal).
+
+    Each training row is predicted by the family refitted without its fold, so the residuals come
+    from rows no fit of theirs saw, and the validation rows stay for selection alone (the champion
+    rule compares families on them). `groups` (framework formulas on the framework split) keeps a
+    framework's rows in one fold, as its test rows are frameworks never trained on. The zero-shot
+    family fits nothing: its residuals on the training rows are already out of sample.
+    """
+    ions = np.asarray(ions)
+    if model.family == "uip":
+        residuals = y - model.predict(inputs, features, ions)
+    else:
+        from sklearn.model_selection import GroupKFold, KFold
+
+        splitter = GroupKFold(folds) if groups is not None else KFold(folds, shuffle=True, random_state=seed)
+        residuals = np.full(len(y), np.nan)
+        for fit_rows, held_out in splitter.split(features, y, groups):
+            fold_model = fit_family(model.family, inputs.take(fit_rows), features[fit_rows], ions[fit_rows], y[fit_rows], seed=seed)
+            residuals[held_out] = y[held_out] - fold_model.predict(inputs.take(held_out), features[held_out], ions[held_out])
     model.half_width["*"] = conformal_half_width(residuals)
     for ion in np.unique(ions):
-        rows = ions == ion
+        rows = (ions == ion) & np.isfinite(residuals)
         if rows.sum() >= MIN_CALIBRATION_ROWS:
             model.half_width[ion] = conformal_half_width(residuals[rows])
 
@@ -215,51 +234,74 @@ def evaluate(
     Repeat k of strategy s uses `dataset.split(ion, s, k)` for every ion, the same rows as the CGCNN
     and the baselines; the pooled families train on the union of every ion's train rows.
     """
-    from voltmodels.metrics import regression_metrics
-
     ions = list(ions or dataset.ions)
     records, predictions, final = [], [], {}
     plan = [(s, k) for s in strategies for k in range(n_repeats)]
     if ("random", 0) not in plan:
         plan.insert(0, ("random", 0))
     for strategy, repeat in plan:
-        rows = pd.concat([dataset.split(ion, strategy, repeat) for ion in dataset.ions], ignore_index=True)
-        inputs = inputs_of(rows)
-        X = features.loc[rows["id_discharge"]].to_numpy(np.float64)
-        y = rows["average_voltage"].to_numpy(np.float64)
-        row_ions = rows["working_ion"].to_numpy()
-        part = rows["split"].to_numpy()
-
-        def take(mask):
-            return inputs.take(mask), X[mask], row_ions[mask], y[mask]
-
-        for family in families:
-            started = time.perf_counter()
-            model = fit_family(family, *take(part == "train"), seed=seed + repeat)
-            calibrate(model, *take(part == "val"))
-            seconds = time.perf_counter() - started
-            if (strategy, repeat) == ("random", 0):
-                final[family] = model
-            if strategy not in strategies:
-                continue
-            predicted = model.predict(inputs, X, row_ions)
-            half = model.interval(row_ions)
-            for ion in ions:
-                record = {"ion": ion, "split": strategy, "repeat": repeat, "method": family, "seconds": seconds}
-                record.update({f"{name}_{k}": np.nan for name in ("val", "test") for k in ("mae", "rmse", "r2")})
-                for name in ("train", "val", "test"):
-                    mask = (row_ions == ion) & (part == name)
-                    record[f"n_{name}"] = int(mask.sum())
-                    if name != "train" and mask.any():
-                        record.update({f"{name}_{k}": v for k, v in regression_metrics(y[mask], predicted[mask]).items()})
-                for name in ("val", "test") if repeat == 0 else ():
-                    mask = (row_ions == ion) & (part == name)
-                    predictions.append(pd.DataFrame({"split": strategy, "method": family, "ion": ion, "part": name, "battery_id": rows.loc[mask, "battery_id"], "true": y[mask], "predicted": predicted[mask], "half_width": half[mask]}))
-                test = (row_ions == ion) & (part == "test")
-                record["test_coverage"] = float(np.mean(np.abs(y[test] - predicted[test]) <= half[test])) if test.any() else np.nan
-                record["test_no_potential"] = int((~np.isfinite(inputs.v_uip[test])).sum())
-                records.append(record)
-            if log is not None:
-                mean = np.mean([r["test_mae"] for r in records[-len(ions):] if "test_mae" in r])
-                log(f"{strategy} repeat {repeat} {family}: mean per-ion test MAE {mean:.3f} V ({seconds:.1f} s)")
+        split_records, split_predictions, models = evaluate_split(dataset, inputs_of, features, families, strategy, repeat, ions, seed, log)
+        if (strategy, repeat) == ("random", 0):
+            final.update(models)
+        if strategy in strategies:  # random repeat 0 may be fitted for registration only
+            records += split_records
+            predictions += split_predictions
     return pd.DataFrame(records), (pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()), final
+
+
+def evaluate_split(
+    dataset,
+    inputs_of: Callable[[pd.DataFrame], PotentialInputs],
+    features: pd.DataFrame,
+    families: Sequence[str],
+    strategy: str,
+    repeat: int,
+    ions: Sequence[str] | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[dict], list[pd.DataFrame], dict[str, FamilyModel]]:
+    """Every family on repeat `repeat` of `strategy`, all ions pooled: per-ion records, val/test
+    predictions of repeat 0, and the fitted models. A task of the evaluation grid."""
+    from voltmodels.metrics import regression_metrics
+
+    ions = list(ions or dataset.ions)
+    rows = pd.concat([dataset.split(ion, strategy, repeat) for ion in dataset.ions], ignore_index=True)
+    inputs = inputs_of(rows)
+    X = features.loc[rows["id_discharge"]].to_numpy(np.float64)
+    y = rows["average_voltage"].to_numpy(np.float64)
+    row_ions = rows["working_ion"].to_numpy()
+    part = rows["split"].to_numpy()
+
+    def take(mask):
+        return inputs.take(mask), X[mask], row_ions[mask], y[mask]
+
+    records, predictions, models = [], [], {}
+    for family in families:
+        started = time.perf_counter()
+        model = fit_family(family, *take(part == "train"), seed=seed + repeat)
+        groups = rows["framework_formula"].to_numpy()[part == "train"] if strategy == "framework" else None
+        calibrate_cross(model, *take(part == "train"), seed=seed + repeat, groups=groups)
+        seconds = time.perf_counter() - started
+        models[family] = model
+        predicted = model.predict(inputs, X, row_ions)
+        half = model.interval(row_ions)
+        for ion in ions:
+            record = {"ion": ion, "split": strategy, "repeat": repeat, "method": family, "seconds": seconds}
+            record.update({f"{name}_{k}": np.nan for name in ("val", "test") for k in ("mae", "rmse", "r2")})
+            for name in ("train", "val", "test"):
+                mask = (row_ions == ion) & (part == name)
+                record[f"n_{name}"] = int(mask.sum())
+                if name != "train" and mask.any():
+                    record.update({f"{name}_{k}": v for k, v in regression_metrics(y[mask], predicted[mask]).items()})
+            for name in ("val", "test") if repeat == 0 else ():
+                mask = (row_ions == ion) & (part == name)
+                predictions.append(pd.DataFrame({"split": strategy, "method": family, "ion": ion, "part": name, "battery_id": rows.loc[mask, "battery_id"], "true": y[mask], "predicted": predicted[mask], "half_width": half[mask]}))
+            test = (row_ions == ion) & (part == "test")
+            record["test_coverage"] = float(np.mean(np.abs(y[test] - predicted[test]) <= half[test])) if test.any() else np.nan
+            record["test_in_interval"] = int(np.sum(np.abs(y[test] - predicted[test]) <= half[test]))
+            record["test_no_potential"] = int((~np.isfinite(inputs.v_uip[test])).sum())
+            records.append(record)
+        if log is not None:
+            mean = np.nanmean([r["test_mae"] for r in records[-len(ions):]])
+            log(f"{strategy} repeat {repeat} {family}: mean per-ion test MAE {mean:.3f} V ({seconds:.1f} s)")
+    return records, predictions, models

@@ -1,4 +1,4 @@
-"""What every benchmark prints first: the machine it ran on."""
+"""The machine a measurement ran on: one line that every benchmark and study table carries."""
 
 from __future__ import annotations
 

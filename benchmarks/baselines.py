@@ -23,6 +23,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from voltmodels.machine import machine_line  # noqa: E402
+from voltmodels.tracking import results_run  # noqa: E402
 from voltmodels import baselines as bl  # noqa: E402
 from voltmodels.config import SUPPORTED_IONS, parse_ions  # noqa: E402
 from voltmodels.data.curation import SPLIT_STRATEGIES  # noqa: E402
@@ -103,4 +104,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with results_run("baselines"):
+        main()

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from voltmodels.tracking import results_run  # noqa: E402
 
 NOMINAL = 0.90
 
@@ -130,4 +131,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with results_run("coverage"):
+        main()

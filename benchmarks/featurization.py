@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from voltmodels.machine import machine_line  # noqa: E402
+from voltmodels.tracking import results_run  # noqa: E402
 from voltmodels.config import project_root, resolve_snapshot  # noqa: E402
 from voltmodels.graphs import GraphCache, GraphSettings, structure_to_graph  # noqa: E402
 
@@ -155,4 +156,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with results_run("featurization"):
+        main()

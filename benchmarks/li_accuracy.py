@@ -21,6 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from voltmodels.machine import machine_line  # noqa: E402
+from voltmodels.tracking import results_run  # noqa: E402
 from pipelines.common import setup_tracking  # noqa: E402
 from voltmodels import baselines, registry, tracking  # noqa: E402
 from voltmodels.config import set_torch_threads  # noqa: E402
@@ -84,4 +85,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with results_run("li_accuracy"):
+        main()

@@ -27,6 +27,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from voltmodels.machine import machine_line  # noqa: E402
+from voltmodels.tracking import results_run  # noqa: E402
 from pipelines.common import setup_tracking  # noqa: E402
 from voltmodels.tracking import finished_runs  # noqa: E402
 
@@ -233,4 +234,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with results_run("potentials"):
+        main()

@@ -24,6 +24,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from voltmodels.machine import machine_line  # noqa: E402
+from voltmodels.tracking import results_run  # noqa: E402
 from pipelines.common import setup_tracking  # noqa: E402
 
 OUT = Path("outputs/benchmarks")
@@ -107,4 +108,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with results_run("screening"):
+        main()

@@ -45,6 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from voltmodels.machine import machine_line  # noqa: E402
+from voltmodels.tracking import results_run  # noqa: E402
 from serving.processes import ServerProcess, free_port  # noqa: E402
 from voltmodels.config import default_tracking_uri, resolve_snapshot  # noqa: E402
 
@@ -336,4 +337,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with results_run("serving"):
+        main()

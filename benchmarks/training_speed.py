@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from voltmodels.machine import machine_line  # noqa: E402
+from voltmodels.tracking import results_run  # noqa: E402
 
 
 def time_epochs(args: argparse.Namespace) -> dict:
@@ -83,4 +84,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with results_run("training_speed"):
+        main()

@@ -21,6 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from voltmodels.machine import machine_line  # noqa: E402
+from voltmodels.tracking import results_run  # noqa: E402
 from pipelines.common import setup_tracking  # noqa: E402
 from pipelines.transfer import baseline_rows  # noqa: E402
 from voltmodels.config import SUPPORTED_IONS, parse_ions  # noqa: E402
@@ -79,4 +80,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with results_run("transfer"):
+        main()

@@ -169,3 +169,18 @@ def test_plan_tasks_puts_multi_ion_models_first_and_refuses_unknown_families(li_
     assert [t.ion for t in tasks if t.kind == "uip"] == ["Li,Mg", "Li,Mg"]
     with pytest.raises(VoltmodelsError, match="unknown families gnn"):
         study.plan_tasks(dataset, ["gnn"], ["Li"], ["random"], 1)
+
+
+def test_a_benchmark_prints_its_tables_and_logs_them_as_a_results_run(isolated_tracking, capsys):
+    from voltmodels.machine import machine_line
+    from voltmodels.tracking import RESULTS_EXPERIMENT, results_run
+
+    with results_run("unit-table"):
+        print(machine_line())
+        print("dataset 0123456789abcdef: 3 electrodes")
+        print(pd.DataFrame({"ion": ["Li"], "mae": [0.1]}).to_markdown(index=False))
+    assert "results run " in capsys.readouterr().out
+    run = mlflow.search_runs(experiment_names=[RESULTS_EXPERIMENT], filter_string="tags.table = 'unit-table'", output_format="list")[0]
+    assert run.data.tags["dataset_digest"] == "0123456789abcdef" and run.data.tags["machine"].startswith("machine: ")
+    report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/tables/report.md")
+    assert "| Li    |   0.1 |" in report

@@ -7,6 +7,7 @@ call this module. Registered-model names are in :mod:`voltmodels.registry`.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import mlflow
@@ -111,9 +112,13 @@ def trial_params(uri: str) -> dict:
         return {}
 
 
+#: The experiment of the results-table runs (one per benchmark or study table printed).
+RESULTS_EXPERIMENT = "voltmodels-results"
+
+
 def log_table_run(name: str, tables: dict, machine: str, dataset_digest: str = "", params: dict | None = None, command: str = "") -> str:
-    """One MLflow run per printed results table: each table (a DataFrame or markdown text) as an
-    artifact, with the dataset digest, the machine line and the command that printed it."""
+    """One MLflow run per printed results table: each table (a DataFrame or text) as an artifact,
+    with the dataset digest, the machine line and the command that printed it."""
     import tempfile
 
     import pandas as pd
@@ -126,12 +131,46 @@ def log_table_run(name: str, tables: dict, machine: str, dataset_digest: str = "
             for table_name, table in tables.items():
                 if isinstance(table, pd.DataFrame):
                     table.to_csv(Path(tmp) / f"{table_name}.csv", index=False)
-                    text = table.to_markdown(index=False)
-                else:
-                    text = str(table)
-                (Path(tmp) / f"{table_name}.md").write_text(f"{machine}\n\n{text}\n")
+                    table = table.to_markdown(index=False)
+                (Path(tmp) / f"{table_name}.md").write_text(f"{table}\n")
             mlflow.log_artifacts(tmp, "tables")
         return run.info.run_id
+
+
+@contextlib.contextmanager
+def results_run(name: str):
+    """Around a benchmark: what it prints (its machine line first, then its tables) is also logged
+    as a results-table run, tagged with the dataset digest it names, the machine and the command."""
+    import io
+    import re
+    import sys
+
+    from voltmodels.config import default_tracking_uri
+    from voltmodels.machine import machine_line
+
+    captured, stdout = io.StringIO(), sys.stdout
+
+    class Tee(io.TextIOBase):
+        def write(self, text):
+            captured.write(text)
+            return stdout.write(text)
+
+        def flush(self):
+            stdout.flush()
+
+    sys.stdout = Tee()
+    try:
+        yield
+    finally:
+        sys.stdout = stdout
+    text = captured.getvalue()
+    machine = next((line for line in text.splitlines() if line.startswith("machine: ")), machine_line())
+    digest = re.search(r"dataset (?:digest )?([0-9a-f]{16})", text)
+    mlflow.set_tracking_uri(default_tracking_uri())
+    if mlflow.active_run() is None:
+        mlflow.set_experiment(RESULTS_EXPERIMENT)
+    run_id = log_table_run(name, {"report": text}, machine, digest.group(1) if digest else "", command=" ".join(["python", *sys.argv]))
+    print(f"results run {run_id} ({RESULTS_EXPERIMENT})")
 
 
 def load_cgcnn(uri: str):

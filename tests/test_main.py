@@ -50,9 +50,9 @@ def test_main_relaunches_everything_downstream_of_a_changed_step(monkeypatch):
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     argv = ["--snapshot", "/data", "--interpret-ions", "Li", "--potential", "sevennet-0"]
 
-    def run_main(profile):
+    def run_main(profile, *extra):
         launched.clear()
-        main_module.main([*argv, "--profile", profile])
+        main_module.main([*argv, "--profile", profile, *extra])
         return list(launched)
 
     chain = ["curate", "train_li", "baselines", "transfer", "uip", "interpret", "router"]
@@ -66,3 +66,10 @@ def test_main_relaunches_everything_downstream_of_a_changed_step(monkeypatch):
     assert run_main("paper") == ["train_li", "transfer", "interpret", "router"]
     transfer = find_finished("transfer", {"profile": "paper"}, commit)
     assert transfer.data.params["upstream"] == find_finished("train_li", {"profile": "paper"}, commit).info.run_id
+    # The fit steps register on one split; the repeated-split grid runs when asked, after the router,
+    # keyed by the Li run it transfers from.
+    assert transfer.data.params["n_repeats"] == "1" and transfer.data.params["split"] == "random"
+    assert run_main("paper", "--evaluate", "true") == ["evaluate"]
+    assert run_main("paper", "--evaluate", "true") == []
+    client.delete_run(find_finished("train_li", {"profile": "paper"}, commit).info.run_id)
+    assert run_main("paper", "--evaluate", "true") == ["train_li", "transfer", "interpret", "router", "evaluate"]

@@ -66,3 +66,21 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=columns)
+
+
+def over_repeated_splits(strategies, n_repeats: int, evaluate_split) -> tuple[list, list, dict]:
+    """Run `evaluate_split(strategy, repeat) -> (records, predictions, models)` on every repeat of
+    every strategy; the models of random repeat 0 (fitted for it even when `strategies` lacks
+    "random") are the ones the fit steps register. Returns (records, predictions, those models)."""
+    records, predictions, final = [], [], {}
+    plan = [(s, k) for s in strategies for k in range(n_repeats)]
+    if ("random", 0) not in plan:
+        plan.insert(0, ("random", 0))
+    for strategy, repeat in plan:
+        split_records, split_predictions, models = evaluate_split(strategy, repeat)
+        if (strategy, repeat) == ("random", 0):
+            final.update(models)
+        if strategy in strategies:
+            records += split_records
+            predictions += split_predictions
+    return records, predictions, final

@@ -13,7 +13,7 @@ from voltmodels.baselines.features import dataset_features
 from voltmodels.baselines.search import METHODS, FitResult, fit_method
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
 from voltmodels.data.curation import SPLIT_STRATEGIES
-from voltmodels.metrics import regression_metrics, summarize
+from voltmodels.metrics import over_repeated_splits, regression_metrics, summarize
 
 #: Fewest curated electrodes of one ion for which baselines are fitted.
 MIN_ROWS = 20
@@ -78,17 +78,9 @@ def evaluate_ion(
         raise VoltmodelsError(f"n_repeats must be at least 1, not {n_repeats}.")
     if features is None:
         features = dataset_features(dataset, [ion])
-    records, predictions, final = [], [], {}
-    plan = [(s, k) for s in strategies for k in range(n_repeats)]
-    if "random" not in strategies:
-        plan.insert(0, ("random", 0))
-    for strategy, repeat in plan:
-        split_records, split_predictions, fits = evaluate_split(dataset, ion, features, methods, strategy, repeat, profile, seed, log)
-        if (strategy, repeat) == ("random", 0):
-            final.update(fits)
-        if strategy in strategies:  # random repeat 0 may be fitted for registration only
-            records += split_records
-            predictions += split_predictions
+    records, predictions, final = over_repeated_splits(
+        strategies, n_repeats, lambda strategy, repeat: evaluate_split(dataset, ion, features, methods, strategy, repeat, profile, seed, log)
+    )
     return IonEvaluation(
         ion=ion,
         records=pd.DataFrame(records),

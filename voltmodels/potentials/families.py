@@ -25,7 +25,7 @@ import pandas as pd
 
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
 from voltmodels.data.curation import SPLIT_STRATEGIES
-from voltmodels.metrics import conformal_half_width
+from voltmodels.metrics import conformal_half_width, over_repeated_splits
 
 FAMILIES = ("uip", "uip_recal", "uip_delta", "uip_head")
 MODES = ("a", "b")
@@ -235,17 +235,9 @@ def evaluate(
     and the baselines; the pooled families train on the union of every ion's train rows.
     """
     ions = list(ions or dataset.ions)
-    records, predictions, final = [], [], {}
-    plan = [(s, k) for s in strategies for k in range(n_repeats)]
-    if ("random", 0) not in plan:
-        plan.insert(0, ("random", 0))
-    for strategy, repeat in plan:
-        split_records, split_predictions, models = evaluate_split(dataset, inputs_of, features, families, strategy, repeat, ions, seed, log)
-        if (strategy, repeat) == ("random", 0):
-            final.update(models)
-        if strategy in strategies:  # random repeat 0 may be fitted for registration only
-            records += split_records
-            predictions += split_predictions
+    records, predictions, final = over_repeated_splits(
+        strategies, n_repeats, lambda strategy, repeat: evaluate_split(dataset, inputs_of, features, families, strategy, repeat, ions, seed, log)
+    )
     return pd.DataFrame(records), (pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()), final
 
 

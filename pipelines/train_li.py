@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", default="quick", choices=["quick", "paper"])
     p.add_argument("--n-trials", type=as_int, default=0, help="trials the study should have (resumes an existing study); 0: the profile's")
     p.add_argument("--epochs", type=as_int, default=0, help="max epochs per trial; 0: the profile's")
-    p.add_argument("--timeout", type=float, default=0, help="seconds for the search; 0: none")
+    p.add_argument("--timeout", type=float, default=0, help="seconds after which no new trial starts; 0: the profile's (quick none, paper 30 min)")
     p.add_argument("--storage", default="", help="Optuna RDB URL (default: SQLite in the cache folder)")
     p.add_argument("--study-name", default="")
     p.add_argument("--seed", type=as_int, default=0)
@@ -134,6 +134,7 @@ def main(argv=None) -> str | None:
     set_torch_threads()
     prof = profile(args.profile)
     n_trials = args.n_trials or prof.n_trials
+    args.timeout = args.timeout or prof.search_seconds  # workers get the resolved budget too
     epochs = args.epochs or prof.epochs
     dataset, settings, graphs, errors, rows, sets = prepare(args)
     storage = args.storage or f"sqlite:///{cache_dir() / 'optuna.db'}"

@@ -163,7 +163,8 @@ def main(argv=None) -> str:
             if task.key in done:
                 records += _load_records(done[task.key])
         todo = [t for t in tasks if t.key not in done]
-        print(f"[evaluate] {len(tasks)} tasks, {len(tasks) - len(todo)} already finished (study {key}); {len(todo)} to run on {args.backend} with {n_jobs} jobs")
+        where = "in this process" if args.backend == "sequential" or n_jobs == 1 else f"on {args.backend} with {n_jobs} jobs"
+        print(f"[evaluate] {len(tasks)} tasks, {len(tasks) - len(todo)} already finished (study {key}); {len(todo)} to run {where}")
         facts = study.prepare(spec, todo, n_workers=n_jobs) if todo else {}
         mlflow.log_metrics({k: float(v) for k, v in facts.items()})
         failed = []

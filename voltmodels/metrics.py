@@ -84,3 +84,14 @@ def over_repeated_splits(strategies, n_repeats: int, evaluate_split) -> tuple[li
             records += split_records
             predictions += split_predictions
     return records, predictions, final
+
+
+def with_selected_rows(records: pd.DataFrame, candidates, label: str) -> pd.DataFrame:
+    """`records` plus, per (ion, split, repeat), a copy of the `candidates` row with the lowest
+    validation MAE, its `label` column set to "selected" and the original in `selected_<label>`: the
+    test MAE the champion rule delivers without a look at test rows."""
+    pool = records[np.asarray(candidates, bool)]
+    if pool.empty:
+        return records
+    best = pool.loc[pool.groupby(["ion", "split", "repeat"], sort=False)["val_mae"].idxmin()]
+    return pd.concat([records, best.assign(**{f"selected_{label}": best[label], label: "selected"})], ignore_index=True)

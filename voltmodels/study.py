@@ -397,13 +397,12 @@ def with_selected(records: pd.DataFrame) -> pd.DataFrame:
     families): what the champion rule delivers, chosen without a look at test rows."""
     from voltmodels.transfer import REGISTERED_METHODS
 
+    from voltmodels.metrics import with_selected_rows
+
     records = records.assign(model=model_label(records))
     registered = records["kind"].isin(["li", "uip"]) | (records["kind"].eq("transfer") & records["method"].isin(REGISTERED_METHODS))
-    pool = records[registered & records["val_mae"].notna() & records["test_mae"].notna()]
-    if pool.empty:
-        return records
-    best = pool.loc[pool.groupby(["ion", "split", "repeat"], sort=False)["val_mae"].idxmin()]
-    return pd.concat([records, best.assign(selected_model=best["model"], model="selected", kind="selected")], ignore_index=True)
+    out = with_selected_rows(records, registered & records["val_mae"].notna() & records["test_mae"].notna(), "model")
+    return out.assign(kind=out["kind"].where(out["model"] != "selected", "selected"))
 
 
 def summary(records: pd.DataFrame) -> pd.DataFrame:

@@ -207,10 +207,7 @@ def comparison_tables(summary: pd.DataFrame, method_order, repeats: pd.Series) -
 
 def with_selected(records: pd.DataFrame, candidates=REGISTERED_METHODS) -> pd.DataFrame:
     """`records` plus a method "selected" per ion, split and repeat: the candidate with the lowest
-    validation MAE on that split (its name in `selected_method`). Its test MAE is what the champion
-    rule delivers without looking at test rows, unlike the best column picked after the fact."""
-    pool = records[records["method"].isin(candidates)]
-    if pool.empty:
-        return records
-    best = pool.loc[pool.groupby(["ion", "split", "repeat"], sort=False)["val_mae"].idxmin()]
-    return pd.concat([records, best.assign(selected_method=best["method"], method="selected")], ignore_index=True)
+    validation MAE on that split (its name in `selected_method`)."""
+    from voltmodels.metrics import with_selected_rows
+
+    return with_selected_rows(records, records["method"].isin(candidates), "method")

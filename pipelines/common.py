@@ -74,3 +74,15 @@ def main_guard(func):
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def source_version() -> str | None:
+    """The git commit of this checkout (what step reuse and study keys are tied to); None outside git."""
+    from pathlib import Path
+
+    try:
+        import git
+
+        return git.Repo(Path(__file__).resolve().parent.parent, search_parent_directories=True).head.commit.hexsha
+    except Exception:  # not a git checkout: nothing is reused
+        return None

@@ -21,7 +21,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from pipelines.common import as_int, check_profile, main_guard, step_run
+from pipelines.common import as_int, check_profile, main_guard, source_version, step_run
+from pipelines.uip import DEFAULT_REPEATS, QUICK_MAX_ROWS_PER_ION
 from voltmodels import study
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, cache_dir, parse_ions
 from voltmodels.data.curation import SPLIT_STRATEGIES
@@ -30,9 +31,6 @@ from voltmodels.machine import machine_line
 from voltmodels.tracking import finished_runs, load_cgcnn, resolve_model_uri, trial_params
 
 STEP = "evaluate"
-DEFAULT_REPEATS = {"quick": 1, "paper": 5}
-#: Electrodes per ion of the quick profile (a seeded sample), as in the uip step.
-QUICK_MAX_ROWS_PER_ION = 150
 TASK_TAG, STUDY_TAG = "voltmodels.task_key", "voltmodels.study_key"
 
 
@@ -65,15 +63,6 @@ def parse_methods(value: str) -> dict[str, tuple[str, ...]]:
             raise VoltmodelsError(f"--methods part {part!r} is not family=method,method with a family among {', '.join(study.KINDS)}")
         out[kind.strip()] = tuple(n.strip() for n in names.split(",") if n.strip())
     return out
-
-
-def _source_version() -> str:
-    try:
-        import git
-
-        return git.Repo(Path(__file__).resolve().parent.parent, search_parent_directories=True).head.commit.hexsha
-    except Exception:  # not a git checkout: records are reused within this code only by the study key
-        return ""
 
 
 def export_base(uri: str) -> tuple[str, str]:
@@ -144,7 +133,7 @@ def main(argv=None) -> str:
         base_model=f"{args.base_model} ({base_id})" if base_id else "", cgcnn_params=params, epochs=args.epochs, potentials=potentials,
         # one thread per task when tasks run side by side; alone, what VOLTMODELS_TORCH_THREADS allows
         torch_threads=1 if n_jobs > 1 or args.backend == "spark" else int(os.environ.get("VOLTMODELS_TORCH_THREADS") or 1),
-        source_version=_source_version(),
+        source_version=source_version() or "",
     )
     key = spec.key()
     tasks = study.plan_tasks(dataset, kinds, ions, strategies, n_repeats, potentials, methods)

@@ -20,7 +20,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from mlflow.utils import mlflow_tags
 
-from pipelines.common import main_guard, setup_tracking
+from pipelines.common import main_guard, setup_tracking, source_version
 from voltmodels.config import parse_ions
 
 PROJECT = str(Path(__file__).resolve().parent.parent)
@@ -38,13 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _source_version() -> str | None:
-    try:
-        import git
-
-        return git.Repo(PROJECT, search_parent_directories=True).head.commit.hexsha
-    except Exception:  # not a git checkout: never reuse
-        return None
+_source_version = source_version  # a module name the tests can stand in for
 
 
 def find_finished(entry_point: str, parameters: dict, version: str | None):

@@ -30,6 +30,9 @@ def step_run(step: str, params: dict | None = None, nested: bool = False, run_na
         setup_tracking()
     with mlflow.start_run(nested=nested, run_name=run_name) as run:
         mlflow.set_tag(STEP_TAG, step)
+        version = source_version()
+        if version is not None:
+            mlflow.set_tag(SOURCE_VERSION_TAG, version)
         if params:
             log_resolved_params(run, params)
         yield run
@@ -76,13 +79,28 @@ def main_guard(func):
     return wrapper
 
 
+#: What a run executes: a commit that changes none of these (docs, tests, benchmarks) keeps its
+#: finished steps and evaluation tasks reusable.
+CODE_PATHS = ("voltmodels", "pipelines", "serving", "MLproject", "pyproject.toml")
+SOURCE_VERSION_TAG = "voltmodels.source_version"
+
+
 def source_version() -> str | None:
-    """The git commit of this checkout (what step reuse and study keys are tied to); None outside git."""
+    """A digest of the committed code (the git trees of `CODE_PATHS` at HEAD), what step reuse and
+    study keys are tied to; None outside git. Uncommitted edits do not change it, as with the commit."""
+    import hashlib
     from pathlib import Path
 
     try:
         import git
 
-        return git.Repo(Path(__file__).resolve().parent.parent, search_parent_directories=True).head.commit.hexsha
+        tree = git.Repo(Path(__file__).resolve().parent.parent, search_parent_directories=True).head.commit.tree
     except Exception:  # not a git checkout: nothing is reused
         return None
+    ids = []
+    for path in CODE_PATHS:
+        try:
+            ids.append(f"{path}={tree[path].hexsha}")
+        except KeyError:
+            ids.append(f"{path}=-")
+    return hashlib.sha1(";".join(ids).encode()).hexdigest()

@@ -20,7 +20,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from mlflow.utils import mlflow_tags
 
-from pipelines.common import main_guard, setup_tracking, source_version
+from pipelines.common import SOURCE_VERSION_TAG, main_guard, setup_tracking, source_version
 from voltmodels.config import parse_ions
 
 PROJECT = str(Path(__file__).resolve().parent.parent)
@@ -50,7 +50,7 @@ def find_finished(entry_point: str, parameters: dict, version: str | None):
     runs = client.search_runs(
         experiment_ids,
         filter_string=f"tags.`{mlflow_tags.MLFLOW_PROJECT_ENTRY_POINT}` = '{entry_point}' and attributes.status = 'FINISHED' "
-        f"and tags.`{mlflow_tags.MLFLOW_GIT_COMMIT}` = '{version}'",
+        f"and tags.`{SOURCE_VERSION_TAG}` = '{version}'",
         order_by=["attributes.start_time DESC"],
     )
     wanted = {k: str(v) for k, v in parameters.items()}

@@ -6,13 +6,14 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from mlflow.utils import mlflow_tags
 
+from pipelines.common import SOURCE_VERSION_TAG
 from pipelines.main import find_finished
 
 
 def make_run(entry_point: str, params: dict, commit: str, status: str = "FINISHED") -> str:
     client = MlflowClient()
     experiment = mlflow.set_experiment("main-reuse-test")
-    run = client.create_run(experiment.experiment_id, tags={mlflow_tags.MLFLOW_PROJECT_ENTRY_POINT: entry_point, mlflow_tags.MLFLOW_GIT_COMMIT: commit})
+    run = client.create_run(experiment.experiment_id, tags={mlflow_tags.MLFLOW_PROJECT_ENTRY_POINT: entry_point, SOURCE_VERSION_TAG: commit})
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
     client.set_terminated(run.info.run_id, status)

@@ -60,7 +60,7 @@ class StudySpec:
     epochs: int = 0  # 0: the profile's
     potentials: tuple[str, ...] = ()
     torch_threads: int = 1  # per task: torch, OpenMP and BLAS pools
-    source_version: str = ""  # the code's git commit: records of other code are not reused
+    source_version: str = ""  # digest of the committed code: records of other code are not reused
 
     def key(self) -> str:
         # The base is named by `base_model` (its URI and LoggedModel id), not by where its file lies.

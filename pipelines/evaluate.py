@@ -28,7 +28,7 @@ from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, cache_dir, parse_
 from voltmodels.data.curation import SPLIT_STRATEGIES
 from voltmodels.data.dataset import load_dataset
 from voltmodels.machine import machine_line
-from voltmodels.tracking import finished_runs, load_cgcnn, resolve_model_uri, trial_params
+from voltmodels.tracking import finished_runs, load_cgcnn, model_identity, trial_params
 
 STEP = "evaluate"
 TASK_TAG, STUDY_TAG = "voltmodels.task_key", "voltmodels.study_key"
@@ -66,11 +66,12 @@ def parse_methods(value: str) -> dict[str, tuple[str, ...]]:
 
 
 def export_base(uri: str) -> tuple[str, str]:
-    """(checkpoint path, model id) of the Li base: written once into the cache under its model id."""
+    """(checkpoint path, model id) of the Li base: written once into the cache under the identity of
+    the version the URI points to now."""
     from voltmodels.model import save_checkpoint
 
-    model_id = resolve_model_uri(uri)
-    path = cache_dir() / "study" / f"base_{model_id.replace('/', '_').replace(':', '_')}.pt"
+    model_id = model_identity(uri)
+    path = cache_dir() / "study" / f"base_{model_id.replace('/', '_').replace(':', '_').replace('@', '_')}.pt"
     if not path.exists():
         model, settings = load_cgcnn(uri)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ CODE_PATHS = ("voltmodels", "pipelines", "serving", "MLproject", "pyproject.toml
 SOURCE_VERSION_TAG = "voltmodels.source_version"
 
 
-def source_version() -> str | None:
+def source_version(root: str | os.PathLike | None = None) -> str | None:
     """A digest of the committed code (the git trees of `CODE_PATHS` at HEAD), what step reuse and
     study keys are tied to; None outside git. Uncommitted edits do not change it, as with the commit."""
     import hashlib
@@ -94,7 +94,7 @@ def source_version() -> str | None:
     try:
         import git
 
-        tree = git.Repo(Path(__file__).resolve().parent.parent, search_parent_directories=True).head.commit.tree
+        tree = git.Repo(root or Path(__file__).resolve().parent.parent, search_parent_directories=True).head.commit.tree
     except Exception:  # not a git checkout: nothing is reused
         return None
     ids = []

@@ -74,3 +74,29 @@ def test_main_relaunches_everything_downstream_of_a_changed_step(monkeypatch):
     assert run_main("paper", "--evaluate", "true") == []
     client.delete_run(find_finished("train_li", {"profile": "paper"}, commit).info.run_id)
     assert run_main("paper", "--evaluate", "true") == ["train_li", "transfer", "interpret", "router", "evaluate"]
+
+
+def test_source_version_follows_the_code_not_the_docs(tmp_path):
+    import git
+
+    from pipelines.common import source_version
+
+    repo = git.Repo.init(tmp_path)
+    with repo.config_writer() as config:
+        config.set_value("user", "name", "t").set_value("user", "email", "t@example.org")
+
+    def commit(path: str, text: str) -> str | None:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+        repo.index.add([path])
+        repo.index.commit(f"edit {path}")
+        return source_version(tmp_path)
+
+    first = commit("voltmodels/a.py", "x = 1\n")
+    assert first is not None
+    assert commit("docs/results.md", "numbers\n") == first  # docs: finished steps stay reusable
+    assert commit("tests/test_a.py", "def test(): pass\n") == first
+    changed = commit("voltmodels/a.py", "x = 2\n")
+    assert changed != first
+    assert commit("MLproject", "name: x\n") != changed
+    assert source_version(tmp_path / "nowhere") is None  # not a git checkout: nothing is reused

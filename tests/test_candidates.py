@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from voltmodels.candidates import host_variants, substitute, valence
+from voltmodels.candidates import host_variants, substitute
+from voltmodels.potentials.voltage import ion_valence
 from voltmodels.config import VoltmodelsError
 
 
@@ -24,7 +25,7 @@ def layered(n_li: int) -> Structure:
 
 
 def ion_charge(structure: Structure, ion: str) -> int:
-    return int(structure.composition[ion]) * valence(ion)
+    return int(structure.composition[ion]) * ion_valence(ion)
 
 
 def test_substitution_keeps_the_ionic_charge():

@@ -29,10 +29,11 @@ from math import gcd
 
 import numpy as np
 import pandas as pd
-from pymatgen.core import Composition, Element, Structure
+from pymatgen.core import Composition, Structure
 
 from voltmodels.config import SUPPORTED_IONS, VoltmodelsError
 from voltmodels.graphs.convert import structure_to_compact
+from voltmodels.potentials.voltage import ion_valence
 
 RULE = "charge-conserving substitution n_t = n_s z_s / z_t; farthest-point ion sites; supercell along the shortest axis"
 #: Candidate cells above this many sites are skipped (the served models' limit is 500).
@@ -43,10 +44,6 @@ COLUMNS = [
 ]
 #: The 3d redox metals of most intercalation cathodes: a sensible `host_metals` list.
 REDOX_3D = ("Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu")
-
-
-def valence(ion: str) -> int:
-    return int(max(Element(ion).oxidation_states))
 
 
 @dataclass(frozen=True)
@@ -79,9 +76,9 @@ def substitute(structure: Structure, source: str, target: str, orderings: int = 
     sites = [i for i, site in enumerate(structure) if site.specie.symbol == source]
     if not sites:
         return [Substituted(structure, 0, 1)]
-    charge = len(sites) * valence(source)
-    repeat = valence(target) // gcd(charge, valence(target))
-    n_keep = repeat * charge // valence(target)
+    charge = len(sites) * ion_valence(source)
+    repeat = ion_valence(target) // gcd(charge, ion_valence(target))
+    n_keep = repeat * charge // ion_valence(target)
     if n_keep > repeat * len(sites):
         raise VoltmodelsError(f"{target} needs {n_keep} ions on {repeat * len(sites)} {source} sites to keep the charge")
     n_sites = repeat * len(structure) - (repeat * len(sites) - n_keep)

@@ -17,6 +17,13 @@ from pymatgen.entries.computed_entries import ComputedEntry
 from voltmodels.config import VoltmodelsError
 
 
+def ion_valence(ion: str) -> int:
+    """The charge a working ion carries (its highest oxidation state, pymatgen's convention): Li 1, Mg 2, Al 3."""
+    from pymatgen.core import Element
+
+    return int(abs(max(Element(ion).oxidation_states)))
+
+
 def average_voltage(charged: Composition | str, energy_charged: float, discharged: Composition | str, energy_discharged: float, ion: str, metal_energy_per_atom: float) -> float:
     """Average voltage (V) of charged -> discharged; energies are total energies of the given cells (eV)."""
     charged_entry = ComputedEntry(Composition(charged), energy_charged)
@@ -33,8 +40,6 @@ def transfer_normalization(charged: Composition | str, discharged: Composition |
     """(host formula units in the charged cell, in the discharged cell, charge moved per host formula
     unit dx * z), with pymatgen's conventions: per reduced framework formula, z = the ion's highest
     oxidation state. Divides a per-cell quantity the way the voltage divides the energy difference."""
-    from pymatgen.core import Element
-
     def framework_units(composition: Composition) -> tuple[float, float]:
         composition = Composition(composition)
         framework = Composition({el: n for el, n in composition.items() if el.symbol != ion})
@@ -43,4 +48,4 @@ def transfer_normalization(charged: Composition | str, discharged: Composition |
 
     n_charge, x_charge = framework_units(charged)
     n_discharge, x_discharge = framework_units(discharged)
-    return n_charge, n_discharge, (x_discharge - x_charge) * abs(max(Element(ion).oxidation_states))
+    return n_charge, n_discharge, (x_discharge - x_charge) * ion_valence(ion)

@@ -179,6 +179,16 @@ def fit_family(family: str, inputs: PotentialInputs, features: np.ndarray, ions:
     return model
 
 
+def calibration_groups(rows: pd.DataFrame, strategy: str) -> np.ndarray | None:
+    """The fold groups of `calibrate_cross` for training rows of `strategy`: none on the random split;
+    (ion, framework) on the framework split, which holds out an ion's frameworks, not the formula
+    across ions (Li's CoO2 rows may train a model tested on Ca's CoO2). Grouping the formula across
+    ions held out hosts the test never hides, so the folds were harder than the test, the interval wide."""
+    if strategy != "framework":
+        return None
+    return (rows["working_ion"].astype(str) + "|" + rows["framework_formula"].astype(str)).to_numpy()
+
+
 #: Folds of the cross-conformal residuals that set the interval.
 CALIBRATION_FOLDS = 5
 
@@ -271,10 +281,7 @@ def evaluate_split(
     for family in families:
         started = time.perf_counter()
         model = fit_family(family, *take(part == "train"), seed=seed + repeat)
-        # The framework split holds out an ion's frameworks, not the formula across ions (Li's CoO2
-        # rows may train a model tested on Ca's CoO2), so the calibration folds group the same way;
-        # grouping the formula across ions made the folds harder than the test and the interval wide.
-        groups = (rows["working_ion"] + "|" + rows["framework_formula"]).to_numpy()[part == "train"] if strategy == "framework" else None
+        groups = calibration_groups(rows[part == "train"], strategy)
         calibrate_cross(model, *take(part == "train"), seed=seed + repeat, groups=groups)
         seconds = time.perf_counter() - started
         models[family] = model

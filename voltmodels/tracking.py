@@ -102,10 +102,9 @@ def model_identity(uri: str) -> str:
     """What a model URI points to now, unique across stores: a registry alias or version becomes the
     version's LoggedModel id (or run id); other URIs (`models:/m-...`, `runs:/<id>/...`) already are.
     Caches and study keys use it, so a moved `@champion` is never mistaken for the model it replaced."""
-    resolve_model_uri(uri)
     version = registered_version(uri)
     if version is None:
-        return uri
+        return resolve_model_uri(uri)  # raises for a registry URI that points nowhere
     return f"{version.name}/{version.version}/{getattr(version, 'model_id', None) or version.run_id}"
 
 

@@ -278,10 +278,10 @@ def evaluate_split(
         return inputs.take(mask), X[mask], row_ions[mask], y[mask]
 
     records, predictions, models = [], [], {}
+    groups = calibration_groups(rows[part == "train"], strategy)
     for family in families:
         started = time.perf_counter()
         model = fit_family(family, *take(part == "train"), seed=seed + repeat)
-        groups = calibration_groups(rows[part == "train"], strategy)
         calibrate_cross(model, *take(part == "train"), seed=seed + repeat, groups=groups)
         seconds = time.perf_counter() - started
         models[family] = model

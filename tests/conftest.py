@@ -144,10 +144,22 @@ def li_champion(snapshot_dir, isolated_tracking) -> str:
 
 
 @pytest.fixture(scope="session")
-def router_champion(li_champion, isolated_tracking) -> str:
-    """`models:/voltage-predictor@champion` built (pipelines.router) from the session's champions."""
+def router_build(li_champion, isolated_tracking) -> dict:
+    """`pipelines.router` run once from the session's champions, with the Li champion version it froze.
+
+    The router pins its members when it is built; a later test (the notebook) may register a better Li
+    version and move `voltage-cgcnn-Li@champion`, which the built router rightly keeps ignoring."""
+    from mlflow.tracking import MlflowClient
+
     run_entry_point("pipelines.router", cwd=isolated_tracking)
-    return "models:/voltage-predictor@champion"
+    li = MlflowClient().get_model_version_by_alias("voltage-cgcnn-Li", "champion")
+    return {"uri": "models:/voltage-predictor@champion", "li_version": str(li.version)}
+
+
+@pytest.fixture(scope="session")
+def router_champion(router_build) -> str:
+    """`models:/voltage-predictor@champion` built (pipelines.router) from the session's champions."""
+    return router_build["uri"]
 
 
 def real_subset_snapshot(folder: Path, snapshot_dir: Path, ions=("Li", "Mg"), per_ion: int = 14, max_sites: int = 16) -> Path:

@@ -52,7 +52,14 @@ def invoke(url: str, data: list, columns=COLUMNS, params: dict | None = None) ->
 
 
 @pytest.fixture(scope="session")
-def li_version(router_champion) -> str:
+def li_version(router_build) -> str:
+    """The Li version the router froze as its member (the Li champion when the router was built)."""
+    return router_build["li_version"]
+
+
+@pytest.fixture
+def li_champion_version(router_champion) -> str:
+    """The Li champion now: what `models:/voltage-cgcnn-Li@champion` loads."""
     from mlflow.tracking import MlflowClient
 
     return str(MlflowClient().get_model_version_by_alias("voltage-cgcnn-Li", "champion").version)
@@ -72,14 +79,14 @@ def test_good_li_cif(server, li_cifs, li_version):
     assert row["model_id"] and MlflowClient().get_model_version("voltage-cgcnn-Li", li_version).source == f"models:/{row['model_id']}"
 
 
-def test_a_model_served_alone_reports_its_registered_version(router_champion, li_cifs, li_version):
+def test_a_model_served_alone_reports_its_registered_version(router_champion, li_cifs, li_champion_version):
     """The per-ion pyfunc's version is read from the registry at load time (matched by LoggedModel id)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     out = mlflow.pyfunc.load_model("models:/voltage-cgcnn-Li@champion").predict(pd.DataFrame({"structure": li_cifs[:1], "working_ion": "Li"}))
-    version = MlflowClient().get_model_version("voltage-cgcnn-Li", li_version)
-    assert (out["model_name"].iloc[0], out["model_version"].iloc[0], f"models:/{out['model_id'].iloc[0]}") == ("voltage-cgcnn-Li", li_version, version.source)
+    version = MlflowClient().get_model_version("voltage-cgcnn-Li", li_champion_version)
+    assert (out["model_name"].iloc[0], out["model_version"].iloc[0], f"models:/{out['model_id'].iloc[0]}") == ("voltage-cgcnn-Li", li_champion_version, version.source)
 
 
 def test_batch_keeps_row_order(server, li_cifs):

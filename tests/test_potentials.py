@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,20 @@ def test_families_fit_and_calibrate(subset_dataset):
     assert records["test_mae"].notna().all()
     zero_shot = records[records["method"] == "uip"].set_index("ion")["test_mae"]
     assert (zero_shot < 1.0).all()
+    # The Delta model (a mean of three learners) saves once and predicts the same after loading.
+    from serving.packaging import load_estimator, save_estimator
+    from voltmodels.potentials.families import delta_features
+
+    regressor = final["uip_delta"].regressor
+    rows = subset_dataset.table.head(20)
+    X = delta_features(inputs(rows), features.loc[rows["id_discharge"]].to_numpy(np.float64), rows["working_ion"].to_numpy())
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = save_estimator(regressor, Path(tmp) / "delta.skops").stat().st_size
+        members = sum(save_estimator(m, Path(tmp) / f"{name}.skops").stat().st_size for name, m in regressor.named_estimators_.items())
+        loaded = load_estimator(Path(tmp) / "delta.skops")
+    assert whole < 1.2 * members  # the by-name view of the members is not written a second time
+    assert list(loaded.named_estimators_) == ["boosted_trees", "random_trees", "svr"]
+    assert np.allclose(loaded.predict(X), regressor.predict(X))
     # The conformal quantile: with n residuals, the ceil((n + 1) 0.9)-th smallest; too few -> infinite.
     assert conformal_half_width(np.arange(1.0, 20.0)) == 18.0
     assert conformal_half_width(np.array([0.1, 0.2])) == float("inf")

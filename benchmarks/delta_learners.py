@@ -47,6 +47,9 @@ def score_split(strategy: str, repeat: int, potential: str, dataset_ref: str) ->
     from voltmodels.potentials.families import delta_features, delta_learners, split_arrays
 
     set_torch_threads(1)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # the boosted trees' OpenMP pool: one thread per worker, as in `evaluate`
     dataset = load_dataset(dataset_ref)
     rows, inputs, X, y, ions, part = split_arrays(dataset, DatasetInputs(dataset, potential, "a"), bl.dataset_features(dataset), strategy, repeat)
     known = np.isfinite(inputs.v_uip)

@@ -137,7 +137,7 @@ def delta_learners(seed: int) -> dict:
     standardized features.
 
     Their errors differ (boosting fits sharp splits, the random trees average many rough ones, the
-    SVR is smooth in the potential's representation), so their mean errs less than any one of them:
+    SVR is smooth in the potential's representation), so over all ions their mean errs less than any one:
     `python benchmarks/delta_learners.py` compares them on fresh seeded splits, not those reported.
     Fixed settings, not tuned on validation rows: those select among families.
     """

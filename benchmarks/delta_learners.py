@@ -15,6 +15,7 @@ Needs the energies cached (`mlflow run . -e energies`) and a curated dataset in 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import warnings
 from pathlib import Path
@@ -36,31 +37,38 @@ def _repeats(text: str) -> list[int]:
     return list(range(lo, hi))
 
 
-def score_split(strategy: str, repeat: int, potential: str, dataset_ref: str) -> list[dict]:
-    """Test MAE per ion of zero-shot, each learner and their mean on one split (one worker, one thread)."""
-    from sklearn.base import clone
-
+@functools.lru_cache(maxsize=None)
+def _prepared(potential: str, dataset_ref: str):
+    """The dataset, its features and its potential inputs: loaded once per worker, not per split."""
     from voltmodels import baselines as bl
-    from voltmodels.config import set_torch_threads
     from voltmodels.data.dataset import load_dataset
     from voltmodels.potentials.electrodes import DatasetInputs
+
+    dataset = load_dataset(dataset_ref)
+    return dataset, DatasetInputs(dataset, potential, "a"), bl.dataset_features(dataset)
+
+
+def score_split(strategy: str, repeat: int, potential: str, dataset_ref: str) -> list[dict]:
+    """Test MAE per ion of zero-shot, each learner and their mean on one split (one worker, one thread)."""
+    from threadpoolctl import threadpool_limits
+
+    from voltmodels.config import set_torch_threads
     from voltmodels.potentials.families import delta_features, delta_learners, split_arrays
 
     set_torch_threads(1)
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(1)  # the boosted trees' OpenMP pool: one thread per worker, as in `evaluate`
-    dataset = load_dataset(dataset_ref)
-    rows, inputs, X, y, ions, part = split_arrays(dataset, DatasetInputs(dataset, potential, "a"), bl.dataset_features(dataset), strategy, repeat)
+    dataset, inputs_of, all_features = _prepared(potential, dataset_ref)
+    rows, inputs, X, y, ions, part = split_arrays(dataset, inputs_of, all_features, strategy, repeat)
     known = np.isfinite(inputs.v_uip)
     train = (part == "train") & known
     features = delta_features(inputs, X, ions)
-    predicted = {"zero-shot": inputs.v_uip}
+    corrections = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, learner in delta_learners(repeat).items():
-            predicted[name] = inputs.v_uip + clone(learner).fit(features[train], (y - inputs.v_uip)[train]).predict(features)
-    predicted["mean"] = inputs.v_uip + np.mean([predicted[n] - inputs.v_uip for n in delta_learners(repeat)], axis=0)
+            corrections[name] = learner.fit(features[train], (y - inputs.v_uip)[train]).predict(features)
+    corrections["mean"] = np.mean(list(corrections.values()), axis=0)  # what the VotingRegressor of uip_delta predicts
+    predicted = {"zero-shot": inputs.v_uip, **{name: inputs.v_uip + c for name, c in corrections.items()}}
     records = []
     for method, values in predicted.items():
         for ion in IONS:

@@ -15,7 +15,6 @@ Needs the energies cached (`mlflow run . -e energies`) and a curated dataset in 
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import warnings
 from pathlib import Path
@@ -37,9 +36,8 @@ def _repeats(text: str) -> list[int]:
     return list(range(lo, hi))
 
 
-@functools.lru_cache(maxsize=None)
 def _prepared(potential: str, dataset_ref: str):
-    """The dataset, its features and its potential inputs: loaded once per worker, not per split."""
+    """The dataset, its features and its potential inputs."""
     from voltmodels import baselines as bl
     from voltmodels.data.dataset import load_dataset
     from voltmodels.potentials.electrodes import DatasetInputs
@@ -48,16 +46,23 @@ def _prepared(potential: str, dataset_ref: str):
     return dataset, DatasetInputs(dataset, potential, "a"), bl.dataset_features(dataset)
 
 
-def score_split(strategy: str, repeat: int, potential: str, dataset_ref: str) -> list[dict]:
-    """Test MAE per ion of zero-shot, each learner and their mean on one split (one worker, one thread)."""
+def score_splits(splits: list[tuple[str, int]], potential: str, dataset_ref: str) -> list[dict]:
+    """One worker's share of the splits, on one thread: the data is loaded once, then each split is scored.
+    (A worker gets its share in one call: a cache in this script's module would not outlive a task.)"""
     from threadpoolctl import threadpool_limits
 
     from voltmodels.config import set_torch_threads
-    from voltmodels.potentials.families import delta_features, delta_learners, split_arrays
 
     set_torch_threads(1)
     threadpool_limits(1)  # the boosted trees' OpenMP pool: one thread per worker, as in `evaluate`
-    dataset, inputs_of, all_features = _prepared(potential, dataset_ref)
+    prepared = _prepared(potential, dataset_ref)
+    return [record for strategy, repeat in splits for record in score_split(strategy, repeat, *prepared)]
+
+
+def score_split(strategy: str, repeat: int, dataset, inputs_of, all_features) -> list[dict]:
+    """Test MAE per ion of zero-shot, each learner and their mean on one split."""
+    from voltmodels.potentials.families import delta_features, delta_learners, split_arrays
+
     rows, inputs, X, y, ions, part = split_arrays(dataset, inputs_of, all_features, strategy, repeat)
     known = np.isfinite(inputs.v_uip)
     train = (part == "train") & known
@@ -106,7 +111,8 @@ def main(argv=None) -> None:
     from joblib import Parallel, delayed
 
     tasks = [("framework", r) for r in _repeats(args.framework)] + [("random", r) for r in _repeats(args.random)]
-    results = Parallel(n_jobs=args.n_jobs)(delayed(score_split)(s, r, args.potential, args.dataset) for s, r in tasks)
+    shares = [tasks[k :: args.n_jobs] for k in range(args.n_jobs)]
+    results = Parallel(n_jobs=args.n_jobs)(delayed(score_splits)(share, args.potential, args.dataset) for share in shares if share)
     records = pd.DataFrame([r for part in results for r in part])
     print(f"\n{machine_line()}\npotential: {args.potential}; learners fitted on the train rows of all ions\n")
     print(tables(records))

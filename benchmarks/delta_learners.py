@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,20 +59,17 @@ def score_splits(splits: list[tuple[str, int]], potential: str, dataset_ref: str
 
 
 def score_split(strategy: str, repeat: int, dataset, inputs_of, all_features) -> list[dict]:
-    """Test MAE per ion of zero-shot, each learner and their mean on one split."""
-    from voltmodels.potentials.families import delta_features, delta_learners, split_arrays
+    """Test MAE per ion of zero-shot, each learner and their mean on one split: the Delta model as
+    `uip_delta` fits it, with each of its fitted members on its own."""
+    from voltmodels.potentials.families import delta_features, delta_learners, fit_family, split_arrays
 
     rows, inputs, X, y, ions, part = split_arrays(dataset, inputs_of, all_features, strategy, repeat)
-    known = np.isfinite(inputs.v_uip)
-    train = (part == "train") & known
+    train = part == "train"
+    model = fit_family("uip_delta", inputs.take(train), X[train], ions[train], y[train], seed=repeat)
     features = delta_features(inputs, X, ions)
-    corrections = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, learner in delta_learners(repeat).items():
-            corrections[name] = learner.fit(features[train], (y - inputs.v_uip)[train]).predict(features)
-    corrections["mean"] = np.mean(list(corrections.values()), axis=0)  # what the VotingRegressor of uip_delta predicts
-    predicted = {"zero-shot": inputs.v_uip, **{name: inputs.v_uip + c for name, c in corrections.items()}}
+    members = zip(delta_learners(repeat), model.regressor.estimators_)  # VotingRegressor keeps delta_learners' order
+    predicted = {"zero-shot": inputs.v_uip, **{name: inputs.v_uip + member.predict(features) for name, member in members}, "mean": model.predict(inputs, X, ions)}
+    known = np.isfinite(inputs.v_uip)
     records = []
     for method, values in predicted.items():
         for ion in IONS:

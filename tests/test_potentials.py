@@ -71,6 +71,26 @@ def test_potentials_by_name():
         split_name("dft")
 
 
+def test_every_sevennet_checkpoint_in_the_wheel_loads_offline_with_its_own_cache_key():
+    """The variants load by name from the wheel (no download), answer with their own energy (a
+    different model, not SevenNet-0 under another name) and expose the atomic representation."""
+    pytest.importorskip("sevenn")
+    from pymatgen.core import Lattice, Structure
+
+    from voltmodels.potentials.calculators import SEVENNET_CHECKPOINTS, load_potential, potential_key
+    from voltmodels.potentials.compute import energy_of
+
+    bcc_li = Structure(Lattice.cubic(3.44), ["Li", "Li"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    energies = {}
+    for name in SEVENNET_CHECKPOINTS:
+        energy, representation = energy_of(load_potential(name, "cpu"), bcc_li)
+        energies[name] = energy / 2
+        assert -2.1 < energies[name] < -1.7  # bcc Li: about -1.9 eV/atom at MP's PBE level
+        assert representation.shape == (128,) and np.isfinite(representation).all()
+    assert len({round(e, 5) for e in energies.values()}) == len(energies)
+    assert len({potential_key(name) for name in SEVENNET_CHECKPOINTS}) == len(SEVENNET_CHECKPOINTS)
+
+
 def test_a_weights_file_is_part_of_the_cache_key(tmp_path):
     from voltmodels.potentials.calculators import potential_key
 

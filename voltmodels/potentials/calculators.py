@@ -1,6 +1,8 @@
 """A universal potential chosen by name, as an ASE calculator.
 
-`sevennet-0` and `chgnet` work offline: their weights ship inside the `sevenn` and `chgnet` wheels.
+`sevennet-0`, its variants `sevennet-l3i5` (larger, slower) and `sevennet-mf-0` (multi-fidelity, read
+at its PBE level, the fidelity of MP's voltages), and `chgnet` work offline: their weights ship
+inside the `sevenn` and `chgnet` wheels.
 Potentials whose packages download weights at run time (MACE, ORB, MatterSim, or another SevenNet
 checkpoint) take a local weights file the user names: `mace:/path/model.model`. The potential's
 `key` (name, package version, weights file content hash) keys every energy in the cache, so a new
@@ -19,7 +21,9 @@ from typing import Any, Callable
 from voltmodels.config import VoltmodelsError, torch_device
 
 #: Potentials that load without a weights file, and the package that ships their weights.
-BUILTIN = {"sevennet-0": "sevenn", "chgnet": "chgnet"}
+BUILTIN = {"sevennet-0": "sevenn", "sevennet-l3i5": "sevenn", "sevennet-mf-0": "sevenn", "chgnet": "chgnet"}
+#: The SevenNet checkpoints inside the `sevenn` wheel, and the fidelity (modal) each is read at.
+SEVENNET_CHECKPOINTS = {"sevennet-0": ("7net-0", None), "sevennet-l3i5": ("7net-l3i5", None), "sevennet-mf-0": ("7net-mf-0", "PBE")}
 #: Potentials that need a local weights file (`name:/path`), and the package that reads it.
 FROM_FILE = {"mace": "mace-torch", "sevennet": "sevenn", "mattersim": "mattersim", "orb": "orb-models"}
 DEFAULT_POTENTIAL = "sevennet-0"
@@ -86,8 +90,11 @@ def load_potential(name: str = DEFAULT_POTENTIAL, device: str | None = None) -> 
     kind, weights = split_name(name)
     device = device or torch_device()
     key = potential_key(name)
-    if kind in ("sevennet-0", "sevennet"):
-        return _sevennet(name, key, "7net-0" if weights is None else str(weights), device)
+    if kind in SEVENNET_CHECKPOINTS:
+        checkpoint, modal = SEVENNET_CHECKPOINTS[kind]
+        return _sevennet(name, key, checkpoint, device, modal)
+    if kind == "sevennet":
+        return _sevennet(name, key, str(weights), device)
     if kind == "chgnet":
         from chgnet.model import CHGNet, CHGNetCalculator
 
@@ -109,14 +116,14 @@ def load_potential(name: str = DEFAULT_POTENTIAL, device: str | None = None) -> 
     raise VoltmodelsError(f"unknown potential {name!r}")  # pragma: no cover - split_name checked it
 
 
-def _sevennet(name: str, key: str, model: str, device: str) -> Potential:
+def _sevennet(name: str, key: str, model: str, device: str, modal: str | None = None) -> Potential:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no tensor-product accelerator" on every CPU load
         from sevenn.calculator import SevenNetCalculator
 
-        calculator = SevenNetCalculator(model, device=device)
+        calculator = SevenNetCalculator(model, device=device, **({"modal": modal} if modal else {}))
     # The scalar node features entering the readout are the potential's learned atomic
     # representation: captured by a forward hook during the energy call, so they cost nothing extra.
     captured: dict[str, Any] = {}

@@ -28,7 +28,7 @@ STEP = "energies"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="latest")
-    p.add_argument("--potential", default=DEFAULT_POTENTIAL, help="comma list: sevennet-0, chgnet, mace:/path/weights ...")
+    p.add_argument("--potential", default=DEFAULT_POTENTIAL, help="comma list: sevennet-0, sevennet-l3i5, sevennet-mf-0, chgnet, mace:/path/weights ...")
     p.add_argument("--ions", default="all")
     p.add_argument("--n-workers", type=lambda v: int(float(v)), default=0, help="processes computing missing energies (0: one per CPU)")
     return p.parse_args(argv)

@@ -40,7 +40,7 @@ QUICK_MAX_ROWS_PER_ION = 150
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="latest")
-    p.add_argument("--potential", default=DEFAULT_POTENTIAL, help="comma list: sevennet-0, chgnet, mace:/path/weights ...; a+b combines potentials")
+    p.add_argument("--potential", default=DEFAULT_POTENTIAL, help="comma list: sevennet-0, sevennet-l3i5, sevennet-mf-0, chgnet, mace:/path/weights ...; a+b combines potentials")
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--profile", default="quick", help="quick (1 repeat per split) or paper (5)")
     p.add_argument("--n-repeats", type=as_int, default=0)

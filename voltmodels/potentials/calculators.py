@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 from voltmodels.config import VoltmodelsError, torch_device
 
-#: Potentials that load without a weights file, and the package that ships their weights.
-BUILTIN = {"sevennet-0": "sevenn", "sevennet-l3i5": "sevenn", "sevennet-mf-0": "sevenn", "chgnet": "chgnet"}
 #: The SevenNet checkpoints inside the `sevenn` wheel, and the fidelity (modal) each is read at.
 SEVENNET_CHECKPOINTS = {"sevennet-0": ("7net-0", None), "sevennet-l3i5": ("7net-l3i5", None), "sevennet-mf-0": ("7net-mf-0", "PBE")}
+#: Potentials that load without a weights file, and the package that ships their weights.
+BUILTIN = {**dict.fromkeys(SEVENNET_CHECKPOINTS, "sevenn"), "chgnet": "chgnet"}
 #: Potentials that need a local weights file (`name:/path`), and the package that reads it.
 FROM_FILE = {"mace": "mace-torch", "sevennet": "sevenn", "mattersim": "mattersim", "orb": "orb-models"}
 DEFAULT_POTENTIAL = "sevennet-0"

@@ -28,6 +28,7 @@ from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, cache_dir, parse_
 from voltmodels.data.curation import SPLIT_STRATEGIES
 from voltmodels.data.dataset import load_dataset
 from voltmodels.machine import machine_line
+from voltmodels.potentials.calculators import DEFAULT_POTENTIAL
 from voltmodels.tracking import finished_runs, load_cgcnn, model_identity, trial_params
 
 STEP = "evaluate"
@@ -44,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="both", help="random, framework or both")
     p.add_argument("--n-repeats", type=as_int, default=0, help="0: the profile's (quick 1, paper 5)")
     p.add_argument("--max-rows-per-ion", type=as_int, default=-1, help="-1: the profile's (quick 150, paper all); 0: all")
-    p.add_argument("--potential", default="sevennet-0", help="comma list of potentials of the uip family")
+    p.add_argument("--potential", default=DEFAULT_POTENTIAL, help="comma list of potentials of the uip family")
     p.add_argument("--base-model", default="models:/voltage-cgcnn-Li@champion", help="the Li base of li (its hyperparameters) and transfer")
     p.add_argument("--epochs", type=as_int, default=0, help="0: the profile's")
     p.add_argument("--backend", default="loky", help="loky (local processes), spark (joblibspark), sequential, or a registered joblib backend")
@@ -120,7 +121,7 @@ def main(argv=None) -> str:
     methods = parse_methods(args.methods)
     n_jobs = args.n_jobs or os.cpu_count() or 1
     if "uip" in kinds and not potentials:
-        raise VoltmodelsError("the uip family needs a potential (--potential sevennet-0)")
+        raise VoltmodelsError("the uip family needs a potential (--potential sevennet-l3i5)")
 
     full = load_dataset(args.dataset)
     dataset = full.subsample(max_rows, args.seed)

@@ -22,6 +22,7 @@ from mlflow.utils import mlflow_tags
 
 from pipelines.common import SOURCE_VERSION_TAG, main_guard, setup_tracking, source_version
 from voltmodels.config import parse_ions
+from voltmodels.potentials.calculators import DEFAULT_POTENTIAL
 
 PROJECT = str(Path(__file__).resolve().parent.parent)
 
@@ -33,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", default="0")
     p.add_argument("--interpret-ions", default="Li,Mg,Zn,Al")
     p.add_argument("--multi-ion", default="true", choices=["true", "false"], help="transfer also compares the shared multi-ion model")
-    p.add_argument("--potential", default="sevennet-0", help="universal potential(s) of the uip step; 'none' leaves the step out")
+    p.add_argument("--potential", default=DEFAULT_POTENTIAL, help="universal potential(s) of the uip step; 'none' leaves the step out")
     p.add_argument("--evaluate", default="false", choices=["true", "false"], help="also run the repeated-split grid (evaluate) after the fit steps")
     return p.parse_args(argv)
 

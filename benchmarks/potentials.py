@@ -4,6 +4,7 @@
     python benchmarks/potentials.py                                                      # print the latest uip run
     python benchmarks/potentials.py --mode-b 12                                          # + mode (b) on 12 test electrodes per ion
     python benchmarks/potentials.py --served models:/voltage-predictor@champion          # what a served model achieves
+    python benchmarks/potentials.py --cost 100 --potential sevennet-0,sevennet-l3i5      # energy cost, same structures
 
 Tables: test MAE (V) mean ± std over the repeats of every split strategy, per ion and over all test
 rows (row-weighted); 90 % interval coverage; the repeat-0 errors of `mp-*` and `mvc-*` electrodes
@@ -190,6 +191,33 @@ def cost_table(potentials) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def timed_energies(potentials, n: int, dataset_ref: str, n_workers: int = 2) -> pd.DataFrame:
+    """Seconds per static energy of each potential on the same `n` structures (every k-th of the
+    dataset), each computed afresh into an empty cache by `n_workers` one-thread workers."""
+    import tempfile
+
+    from voltmodels.data.dataset import load_dataset
+    from voltmodels.potentials.cache import PotentialCache
+    from voltmodels.potentials.compute import static_energies
+
+    compact = load_dataset(dataset_ref).compact_structures
+    ids = sorted(compact)[:: max(1, len(compact) // n)][:n]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in potentials:
+            started = time.perf_counter()
+            records = static_energies({m: compact[m] for m in ids}, name, PotentialCache(Path(tmp) / "cost.sqlite"), n_workers=n_workers)
+            wall = time.perf_counter() - started
+            rows.append({
+                "potential": name,
+                "structures": len(records),
+                "mean atoms": f"{np.mean([r.n_atoms for r in records.values()]):.1f}",
+                "s per energy, one-thread worker": f"{np.mean([r.seconds for r in records.values()]):.2f}",
+                f"wall s, {n_workers} workers (model loads included)": f"{wall:.0f}",
+            })
+    return pd.DataFrame(rows)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="store_true", help="run the uip entry point first")
@@ -199,8 +227,14 @@ def main(argv=None) -> None:
     p.add_argument("--mode-b", type=int, default=0, help="test electrodes per ion to relax for mode (b) (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--served", default="", help="also: test MAE of this registered model (e.g. models:/voltage-predictor@champion) on random split 0")
+    p.add_argument("--cost", type=int, default=0, help="only: time each potential's static energies on this many structures, from an empty cache")
     args = p.parse_args(argv)
     setup_tracking()
+    if args.cost:
+        print(machine_line())
+        print(f"\n### static energies of the same {args.cost} structures, each potential from an empty cache\n")
+        print(markdown(timed_energies([x.strip() for x in args.potential.split(",")], args.cost, args.dataset)))
+        return
     if args.served:
         print(machine_line())
         print(f"\n### {args.served} on the test rows of random split 0 (both end members given): MAE (V)\n")

@@ -76,7 +76,8 @@ def start_server(model_uri: str, workers: int, threads: int, tracking_uri: str, 
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "VOLTMODELS_TORCH_THREADS": str(threads), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     env.setdefault("OMP_NUM_THREADS", str(threads))
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
+    # -t 600 as the docs serve it: a mode (b) row relaxes two structures, past MLflow's default 60 s.
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers), "-t", "600"]
     return ServerProcess(cmd, port, workdir, env, workdir / "server.log")
 
 

@@ -254,7 +254,7 @@ def test_served_router_answers_modes_a_and_b(uip_store, real_subset):
     discharged, charged = json.dumps(structures[row["id_discharge"]]), json.dumps(structures[row["id_charge"]])
     port = free_port()
     serve_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/voltage-predictor@champion", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/voltage-predictor@champion", "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1", "-t", "600"]
     with ServerProcess(cmd, port, root, serve_env, root / "serve.log") as server:
         body = {"dataframe_split": {"columns": ["structure", "working_ion", "structure_charged"], "data": [[discharged, "Mg", charged], [discharged, "Mg", None]]}}
         response = requests.post(server.url + "/invocations", json=body, timeout=300)
@@ -281,3 +281,48 @@ def test_energies_in_worker_processes_equal_the_serial_ones(subset_dataset, tmp_
     parallel = static_energies(structures, "sevennet-0", PotentialCache(tmp_path / "parallel.sqlite"), n_workers=2)
     assert set(parallel) == set(structures)
     assert [parallel[m].energy for m in structures] == pytest.approx([serial[m].energy for m in structures], abs=1e-4)
+
+
+def test_energy_workers_stop_when_the_run_that_asked_is_killed(tmp_path):
+    """A killed `energies` or `uip` run leaves no worker computing on: each worker holds its whole
+    share as one task, so it checks its parent between structures."""
+    pytest.importorskip("sevenn")
+    psutil = pytest.importorskip("psutil")
+    import signal
+    import sqlite3
+    import time
+
+    cache_path = tmp_path / "potentials.sqlite"
+    # 2,000 two-atom bcc Li cells (distinct lattice constants, distinct cache keys): minutes of work for two workers.
+    script = (
+        "from pymatgen.core import Lattice, Structure\n"
+        "from voltmodels.potentials.cache import PotentialCache\n"
+        "from voltmodels.potentials.compute import static_energies\n"
+        "cells = {f'li{k}': Structure(Lattice.cubic(3.3 + k * 1e-4), ['Li', 'Li'], [[0, 0, 0], [0.5, 0.5, 0.5]]) for k in range(2000)}\n"
+        f"static_energies(cells, 'sevennet-0', PotentialCache({str(cache_path)!r}), n_workers=2)\n"
+    )
+    def computed() -> int:
+        try:
+            with sqlite3.connect(cache_path, timeout=30) as db:
+                return db.execute("select count(*) from energies").fetchone()[0]
+        except sqlite3.OperationalError:  # no cache file or table yet
+            return 0
+
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    workers = []
+    try:
+        deadline = time.monotonic() + 300
+        while computed() < 50 and time.monotonic() < deadline:  # both workers are past their first checkpoint
+            time.sleep(1)
+        assert computed() >= 50, "the workers computed nothing within 300 s"
+        workers = [p for p in psutil.Process(parent.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        parent.send_signal(signal.SIGKILL)
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"{len(alive)} energy workers still running 30 s after their parent was killed"
+        assert computed() < 2000  # they stopped, not finished
+    finally:
+        parent.kill()
+        for worker in workers:
+            if worker.is_running():
+                worker.kill()

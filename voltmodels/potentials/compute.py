@@ -71,17 +71,25 @@ def static_energies(
 
 def _compute_and_store(potential_name: str, items: list[tuple[str, IStructure]], cache: PotentialCache | str, report: bool = False, progress=None) -> None:
     """Compute and cache energies of (digest, structure) items; also the body of a worker process."""
+    parent = None
     if not isinstance(cache, PotentialCache):  # in a worker: one torch thread, its own connection
+        import multiprocessing
+
         from voltmodels.config import set_torch_threads
 
         set_torch_threads(1)
         cache = PotentialCache(cache)
+        parent = multiprocessing.parent_process()
     potential = load_potential(potential_name)
     key = potential_key(potential_name)
     started = time.perf_counter()
     pending: dict[str, EnergyRecord] = {}
     batch = _CHGNET_BATCH if potential.name == "chgnet" else 1
     for start in range(0, len(items), batch):
+        if parent is not None and not parent.is_alive():
+            # The run that asked was killed: a worker holds its whole share as one task, so without
+            # this it would go on computing for an hour, orphaned, on the cores of whatever runs next.
+            break
         pending.update(_compute_chunk(potential, items[start : start + batch]))
         done = min(start + batch, len(items))
         if len(pending) >= _CHECKPOINT_EVERY:

@@ -88,8 +88,10 @@ def _compute_and_store(potential_name: str, items: list[tuple[str, IStructure]],
     for start in range(0, len(items), batch):
         if parent is not None and not parent.is_alive():
             # The run that asked was killed: a worker holds its whole share as one task, so without
-            # this it would go on computing for an hour, orphaned, on the cores of whatever runs next.
-            break
+            # this it would go on computing for an hour, orphaned, on the cores of whatever runs next;
+            # and it exits, since the pool's queue it would wait on next holds its own write end.
+            cache.put_energies(key, pending)
+            os._exit(0)
         pending.update(_compute_chunk(potential, items[start : start + batch]))
         done = min(start + batch, len(items))
         if len(pending) >= _CHECKPOINT_EVERY:

@@ -125,6 +125,14 @@ def worker_main(args) -> None:
     optimize_capped(study, objective, args.max_trials, args.timeout or None)
 
 
+def _store_created() -> int | None:
+    """Creation time (ms) of the tracking store's Default experiment, made with the store."""
+    try:
+        return mlflow.tracking.MlflowClient().get_experiment("0").creation_time
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 @main_guard
 def main(argv=None) -> str | None:
     args = parse_args(argv)
@@ -139,8 +147,9 @@ def main(argv=None) -> str | None:
     dataset, settings, graphs, errors, rows, sets = prepare(args)
     storage = args.storage or f"sqlite:///{cache_dir() / 'optuna.db'}"
     # The default study belongs to one tracking store: its trials point at runs (and checkpoints)
-    # there, so another store (tests, a server) must not resume it.
-    store = hashlib.sha1(mlflow.get_tracking_uri().encode()).hexdigest()[:8]
+    # there, so another store (tests, a server) must not resume it, nor a new store made at the same
+    # URI (mlflow.db deleted to start afresh): the Default experiment's creation time tells those apart.
+    store = hashlib.sha1(f"{mlflow.get_tracking_uri()}|{_store_created()}".encode()).hexdigest()[:8]
     study_name = args.study_name or f"voltage-cgcnn-{ION}-{dataset.digest}-{args.split}-{args.profile}-{store}"
     logged = {**vars(args), "n_trials": n_trials, "epochs": epochs, "storage": storage.split("@")[-1], "study_name": study_name}
     for internal in ("worker", "parent_run_id", "max_trials", "worker_index"):

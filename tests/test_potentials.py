@@ -301,6 +301,7 @@ def test_energy_workers_stop_when_the_run_that_asked_is_killed(tmp_path):
         "cells = {f'li{k}': Structure(Lattice.cubic(3.3 + k * 1e-4), ['Li', 'Li'], [[0, 0, 0], [0.5, 0.5, 0.5]]) for k in range(2000)}\n"
         f"static_energies(cells, 'sevennet-0', PotentialCache({str(cache_path)!r}), n_workers=2)\n"
     )
+
     def computed() -> int:
         try:
             with sqlite3.connect(cache_path, timeout=30) as db:

@@ -67,6 +67,19 @@ class PotentialPredictor:
         self.model_id = model_id
         self.limits = DEFAULT_LIMITS
 
+    def warm_up(self) -> None:
+        """Pay at server start what the first request would: the energy and voltage modules (pymatgen's
+        compatibility tables), matminer's data tables of the Delta model's features, the potential's weights.
+        Cold, they added about 15 s to a served model's first request even when its energies were cached."""
+        from voltmodels.potentials import electrodes  # noqa: F401
+        from voltmodels.potentials.calculators import load_potential
+
+        if self.model.family == "uip_delta":
+            from voltmodels.baselines import feature_names
+
+            feature_names()  # builds the featurizers once per process
+        load_potential(self.meta["potential"])
+
     def predict(self, frame: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from voltmodels.baselines import featurize_structures
         from voltmodels.potentials.electrodes import Electrode, electrode_inputs
@@ -120,6 +133,7 @@ class PotentialVoltageModel(mlflow.pyfunc.PythonModel):
         set_torch_threads()
         self.predictor = PotentialPredictor(context.artifacts[FAMILY_ARTIFACT], context.artifacts.get(REGRESSOR_ARTIFACT), *served_identity(context, FAMILY_ARTIFACT))
         self.predictor.limits = Limits.from_config(context.model_config)
+        self.predictor.warm_up()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return predict_rows(lambda frame: self.predictor.predict(frame, params), model_input, params, OUTPUT_COLUMNS)

@@ -116,6 +116,8 @@ class VoltageRouterModel(mlflow.pyfunc.PythonModel):
 
         index = StructureIndex.load(context.artifacts[ARTIFACT]) if ARTIFACT in context.artifacts else None
         self.router = VoltageRouter.from_members(members, folders, Limits.from_config(config), index)
+        for predictor in self.router.predictors.values():
+            getattr(predictor, "warm_up", lambda: None)()  # potential members; a CGCNN member is ready
         self.supported_ions = self.router.supported_ions
         self.members = members
 

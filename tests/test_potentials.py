@@ -208,6 +208,26 @@ def _run(module: str, *args: str, env: dict, cwd: Path) -> str:
     return proc.stdout
 
 
+#: The potential of the end-to-end tests below: SevenNet-0 runs the same code as the default
+#: (SevenNet-l3i5, another checkpoint of the same calculator) at less than half its cost per energy and
+#: per relaxation step, and its energies of the subset are already cached by the tests above.
+#: `test_every_entry_point_defaults_to_the_default_potential` checks the default's wiring.
+E2E_POTENTIAL = "sevennet-0"
+
+
+def test_every_entry_point_defaults_to_the_default_potential():
+    import yaml
+
+    from pipelines import energies, evaluate, main, uip
+
+    for module in (energies, uip, evaluate, main):
+        assert module.parse_args([]).potential == DEFAULT_POTENTIAL, module.__name__
+    entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    with_potential = {name: spec["parameters"]["potential"]["default"] for name, spec in entry_points.items() if "potential" in spec.get("parameters", {})}
+    assert set(with_potential) == {"energies", "uip", "evaluate", "main"}
+    assert set(with_potential.values()) == {DEFAULT_POTENTIAL}
+
+
 @pytest.fixture(scope="module")
 def uip_store(real_subset, tmp_path_factory):
     """Its own tracking store (the session store's `latest` dataset must stay the full one)."""
@@ -218,7 +238,7 @@ def uip_store(real_subset, tmp_path_factory):
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
     _run("pipelines.curate", "--snapshot", str(real_subset), env=env, cwd=root)
-    out = _run("pipelines.uip", "--profile", "quick", "--split", "random", env=env, cwd=root)
+    out = _run("pipelines.uip", "--profile", "quick", "--split", "random", "--potential", E2E_POTENTIAL, env=env, cwd=root)
     _run("pipelines.router", env=env, cwd=root)
     return root, env, out
 
@@ -234,10 +254,10 @@ def test_uip_entry_point_registers_every_family(uip_store):
         versions = client.search_model_versions(f"name = 'voltage-uip-{ion}'")
         assert {v.tags["family"] for v in versions} == {"uip", "uip_recal", "uip_delta", "uip_head"}
         champion = client.get_model_version_by_alias(f"voltage-uip-{ion}", "champion")
-        assert champion.tags["potential"] == DEFAULT_POTENTIAL and champion.tags["selection_rule"].startswith("val_mae")
+        assert champion.tags["potential"] == E2E_POTENTIAL and champion.tags["selection_rule"].startswith("val_mae")
     router = client.get_model_version_by_alias("voltage-predictor", "champion")
     assert router.tags["member_Li"].startswith("voltage-uip-Li:")
-    assert re.search(rf"random\s+{DEFAULT_POTENTIAL}\s+uip\s+Li\s", out)  # the comparison table
+    assert re.search(rf"random\s+{E2E_POTENTIAL}\s+uip\s+Li\s", out)  # the comparison table
     assert os.environ["MLFLOW_TRACKING_URI"] != uri
 
 
@@ -261,7 +281,7 @@ def test_served_router_answers_modes_a_and_b(uip_store, real_subset):
         assert response.status_code == 200, response.text
         out = pd.DataFrame(response.json()["predictions"])
         assert list(out["mode"]) == ["a", "b"]
-        assert (out["model_name"] == "voltage-uip-Mg").all() and out["potential"].eq(DEFAULT_POTENTIAL).all()
+        assert (out["model_name"] == "voltage-uip-Mg").all() and out["potential"].eq(E2E_POTENTIAL).all()
         assert abs(out["voltage"].iloc[0] - row["average_voltage"]) < 0.5
         assert (out["voltage_lower"] <= out["voltage"]).all()
         # Without the optional column every row is mode (b); a bad charged structure is a 400 naming the row.

@@ -303,9 +303,24 @@ def test_energies_in_worker_processes_equal_the_serial_ones(subset_dataset, tmp_
     assert [parallel[m].energy for m in structures] == pytest.approx([serial[m].energy for m in structures], abs=1e-4)
 
 
-def test_energy_workers_stop_when_the_run_that_asked_is_killed(tmp_path):
-    """A killed `energies` or `uip` run leaves no worker computing on: each worker holds its whole
-    share as one task, so it checks its parent between structures."""
+#: Minutes of work for two workers: 2,000 two-atom bcc Li cells (distinct lattice constants, distinct
+#: cache keys) for static energies; 200 rattled 16-atom bcc Li cells for relaxations.
+_LONG_WORK = {
+    "energies": "cells = {f'li{k}': Structure(Lattice.cubic(3.3 + k * 1e-4), ['Li', 'Li'], [[0, 0, 0], [0.5, 0.5, 0.5]]) for k in range(2000)}\n"
+    "static_energies(cells, 'sevennet-0', cache, n_workers=2)\n",
+    "relaxed": "cells = {}\n"
+    "for k in range(200):\n"
+    "    cell = Structure(Lattice.cubic(3.3), ['Li', 'Li'], [[0, 0, 0], [0.5, 0.5, 0.5]]) * (2, 2, 2)\n"
+    "    cell.perturb(0.15, min_distance=0.05, seed=k)\n"
+    "    cells[f'li{k}'] = cell\n"
+    "relax_many(cells, 'sevennet-0', RelaxSettings(), cache, n_workers=2)\n",
+}
+
+
+@pytest.mark.parametrize("table", ["energies", "relaxed"])
+def test_workers_stop_when_the_run_that_asked_is_killed(table, tmp_path):
+    """A killed `energies`, `uip` or mode (b) run leaves no worker computing on, nor waiting forever
+    on its pool's queue: each worker ends when its parent is gone."""
     pytest.importorskip("sevenn")
     psutil = pytest.importorskip("psutil")
     import signal
@@ -313,19 +328,18 @@ def test_energy_workers_stop_when_the_run_that_asked_is_killed(tmp_path):
     import time
 
     cache_path = tmp_path / "potentials.sqlite"
-    # 2,000 two-atom bcc Li cells (distinct lattice constants, distinct cache keys): minutes of work for two workers.
     script = (
         "from pymatgen.core import Lattice, Structure\n"
         "from voltmodels.potentials.cache import PotentialCache\n"
-        "from voltmodels.potentials.compute import static_energies\n"
-        "cells = {f'li{k}': Structure(Lattice.cubic(3.3 + k * 1e-4), ['Li', 'Li'], [[0, 0, 0], [0.5, 0.5, 0.5]]) for k in range(2000)}\n"
-        f"static_energies(cells, 'sevennet-0', PotentialCache({str(cache_path)!r}), n_workers=2)\n"
+        "from voltmodels.potentials.compute import RelaxSettings, relax_many, static_energies\n"
+        f"cache = PotentialCache({str(cache_path)!r})\n" + _LONG_WORK[table]
     )
+    enough = 50 if table == "energies" else 2  # both energy workers past their first checkpoint; relaxations cached
 
     def computed() -> int:
         try:
             with sqlite3.connect(cache_path, timeout=30) as db:
-                return db.execute("select count(*) from energies").fetchone()[0]
+                return db.execute(f"select count(*) from {table}").fetchone()[0]
         except sqlite3.OperationalError:  # no cache file or table yet
             return 0
 
@@ -333,15 +347,15 @@ def test_energy_workers_stop_when_the_run_that_asked_is_killed(tmp_path):
     workers = []
     try:
         deadline = time.monotonic() + 300
-        while computed() < 50 and time.monotonic() < deadline:  # both workers are past their first checkpoint
+        while computed() < enough and time.monotonic() < deadline:
             time.sleep(1)
-        assert computed() >= 50, "the workers computed nothing within 300 s"
+        assert computed() >= enough, f"the workers computed nothing within 300 s ({table})"
         workers = [p for p in psutil.Process(parent.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
         assert len(workers) == 2
         parent.send_signal(signal.SIGKILL)
         _, alive = psutil.wait_procs(workers, timeout=30)
-        assert not alive, f"{len(alive)} energy workers still running 30 s after their parent was killed"
-        assert computed() < 2000  # they stopped, not finished
+        assert not alive, f"{len(alive)} workers ({table}) still running 30 s after their parent was killed"
+        assert computed() < (2000 if table == "energies" else 200)  # they stopped, not finished
     finally:
         parent.kill()
         for worker in workers:

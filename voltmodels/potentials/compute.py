@@ -58,7 +58,7 @@ def static_energies(
         from multiprocessing import get_context
 
         n_workers = min(n_workers, len(items) // _MIN_ITEMS_PER_WORKER)
-        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_exit_with_parent) as pool:
             futures = [pool.submit(_compute_and_store, potential_name, items[w::n_workers], str(cache.path), w == 0) for w in range(n_workers)]
             for future in as_completed(futures):
                 future.result()
@@ -69,29 +69,36 @@ def static_energies(
     return {mid: found[digest] for mid, digest in digest_of.items()}
 
 
+def _exit_with_parent() -> None:
+    """Initializer of the energy and relaxation workers: a thread that ends the worker when the run
+    that started it is gone. A killed `energies` or `uip` run otherwise left its workers computing
+    for up to an hour on the cores of whatever ran next, and then waiting forever on the pool's
+    queue, whose write end they hold themselves."""
+    import multiprocessing
+    import threading
+
+    parent = multiprocessing.parent_process()
+
+    def wait_then_exit() -> None:
+        parent.join()  # waits on the parent's sentinel: no polling
+        os._exit(0)
+
+    threading.Thread(target=wait_then_exit, name="exit-with-parent", daemon=True).start()
+
+
 def _compute_and_store(potential_name: str, items: list[tuple[str, IStructure]], cache: PotentialCache | str, report: bool = False, progress=None) -> None:
     """Compute and cache energies of (digest, structure) items; also the body of a worker process."""
-    parent = None
     if not isinstance(cache, PotentialCache):  # in a worker: one torch thread, its own connection
-        import multiprocessing
-
         from voltmodels.config import set_torch_threads
 
         set_torch_threads(1)
         cache = PotentialCache(cache)
-        parent = multiprocessing.parent_process()
     potential = load_potential(potential_name)
     key = potential_key(potential_name)
     started = time.perf_counter()
     pending: dict[str, EnergyRecord] = {}
     batch = _CHGNET_BATCH if potential.name == "chgnet" else 1
     for start in range(0, len(items), batch):
-        if parent is not None and not parent.is_alive():
-            # The run that asked was killed: a worker holds its whole share as one task, so without
-            # this it would go on computing for an hour, orphaned, on the cores of whatever runs next;
-            # and it exits, since the pool's queue it would wait on next holds its own write end.
-            cache.put_energies(key, pending)
-            os._exit(0)
         pending.update(_compute_chunk(potential, items[start : start + batch]))
         done = min(start + batch, len(items))
         if len(pending) >= _CHECKPOINT_EVERY:
@@ -205,7 +212,7 @@ def relax_many(structures: Mapping[str, Any], potential_name: str, settings: Rel
         n_workers = min(n_workers, len(todo) // 2)
         # One task per structure: relaxations take 1 to 100 s, so fixed shares would leave workers idle;
         # a worker process loads the potential once and keeps it for its later tasks.
-        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_exit_with_parent) as pool:
             list(pool.map(_relax_worker, [(potential_name, [s], settings, str(cache.path)) for _, s in todo]))
     return {k: relax(s, potential_name, settings, cache) for k, s in parsed.items()}
 

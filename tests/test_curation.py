@@ -192,3 +192,21 @@ def test_curate_cli_without_source_is_one_clear_line(monkeypatch):
 def test_curate_cli_unknown_ion(tiny_snapshot):
     proc = run_curate("--snapshot", str(tiny_snapshot), "--ions", "Li,Unobtainium")
     assert proc.returncode == 2 and "Unknown working ion(s) Unobtainium" in proc.stderr
+
+
+def test_saved_dataset_parses_a_structure_only_when_asked(tmp_path, monkeypatch):
+    from voltmodels.data import dataset as dataset_module
+    from voltmodels.data.dataset import CuratedDataset, save_dataset
+
+    table, structures = fixture_electrodes()
+    save_dataset(curate(raw(table, structures), CurationParams()), tmp_path, "test")
+    saved = CuratedDataset(tmp_path)
+    parsed = []
+    original = dataset_module.parse_structure
+    monkeypatch.setattr(dataset_module, "parse_structure", lambda value: parsed.append(1) or original(value))
+    first = saved.table["id_discharge"].iloc[0]
+    assert len(saved.structures) == len(saved.compact_structures) > 2 and first in saved.structures and "mp-nowhere" not in saved.structures
+    assert saved.structures[first] == original(saved.compact_structures[first])
+    assert saved.structures[first] is saved.structures[first] and len(parsed) == 1  # one parsed, once
+    with pytest.raises(KeyError):
+        saved.structures["mp-nowhere"]

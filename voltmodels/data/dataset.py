@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Iterator, Mapping
 
 import pandas as pd
 from pymatgen.core import Structure
@@ -23,6 +24,28 @@ from pymatgen.core import Structure
 from voltmodels.config import VoltmodelsError
 from voltmodels.data.curation import SPLIT_STRATEGIES, CurationResult, assign_splits, calibration_rows
 from voltmodels.graphs.convert import parse_structure, structure_to_compact
+
+class ParsedStructures(Mapping):
+    """A read-only {material id: Structure} over compact structures, parsing each once, when asked."""
+
+    def __init__(self, compact: Mapping[str, dict]):
+        self._compact = compact
+        self._parsed: dict[str, Structure] = {}
+
+    def __getitem__(self, mid: str) -> Structure:
+        if mid not in self._parsed:
+            self._parsed[mid] = parse_structure(self._compact[mid])
+        return self._parsed[mid]
+
+    def __contains__(self, mid) -> bool:  # without parsing
+        return mid in self._compact
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._compact)
+
+    def __len__(self) -> int:
+        return len(self._compact)
+
 
 ELECTRODES = "electrodes.csv"
 STRUCTURES = "structures.json.gz"
@@ -78,8 +101,10 @@ class CuratedDataset:
             return json.load(fh)
 
     @cached_property
-    def structures(self) -> dict[str, Structure]:
-        return {mid: parse_structure(value) for mid, value in self.compact_structures.items()}
+    def structures(self) -> Mapping[str, Structure]:
+        """{material id: Structure}, each parsed on first access (a model's input example needs two;
+        parsing all 6,500 costs 12 s)."""
+        return ParsedStructures(self.compact_structures)
 
     @property
     def ions(self) -> list[str]:

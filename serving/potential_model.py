@@ -78,7 +78,8 @@ class PotentialPredictor:
             from voltmodels.baselines import feature_names
 
             feature_names()  # builds the featurizers once per process
-        load_potential(self.meta["potential"])
+        for name in self.meta["potential"].split("+"):  # a combined model ("a+b") computes with each
+            load_potential(name)
 
     def predict(self, frame: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from voltmodels.baselines import featurize_structures

@@ -116,8 +116,11 @@ class VoltageRouterModel(mlflow.pyfunc.PythonModel):
 
         index = StructureIndex.load(context.artifacts[ARTIFACT]) if ARTIFACT in context.artifacts else None
         self.router = VoltageRouter.from_members(members, folders, Limits.from_config(config), index)
+        from serving.potential_model import PotentialPredictor
+
         for predictor in self.router.predictors.values():
-            getattr(predictor, "warm_up", lambda: None)()  # potential members; a CGCNN member is ready
+            if isinstance(predictor, PotentialPredictor):  # a CGCNN member is ready once loaded
+                predictor.warm_up()
         self.supported_ions = self.router.supported_ions
         self.members = members
 

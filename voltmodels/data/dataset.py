@@ -25,6 +25,7 @@ from voltmodels.config import VoltmodelsError
 from voltmodels.data.curation import SPLIT_STRATEGIES, CurationResult, assign_splits, calibration_rows
 from voltmodels.graphs.convert import parse_structure, structure_to_compact
 
+
 class ParsedStructures(Mapping):
     """A read-only {material id: Structure} over compact structures, parsing each once, when asked."""
 

@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -94,9 +95,9 @@ def test_a_rerun_skips_finished_tasks_and_a_wider_grid_runs_only_what_is_new(gri
     assert len(_task_runs(key)) == before + 4
 
 
-def test_a_killed_evaluate_resumes_where_it_stopped(li_champion, isolated_tracking):
+def test_a_killed_evaluate_resumes_where_it_stopped_and_leaves_no_worker_behind(li_champion, isolated_tracking):
     args = ["--families", "baselines", "--ions", "Li,Mg,Al,Ca,Zn,Na", "--max-rows-per-ion", "60", "--n-repeats", "1", "--split", "random",
-            "--methods", "baselines=rfr,krr", "--seed", "5", "--backend", "sequential"]
+            "--methods", "baselines=rfr,krr", "--seed", "5", "--backend", "loky", "--n-jobs", "2"]
     env = {**os.environ, "VOLTMODELS_TORCH_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     started = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.evaluate", *args], cwd=isolated_tracking, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -107,8 +108,13 @@ def test_a_killed_evaluate_resumes_where_it_stopped(li_champion, isolated_tracki
             finished = [r for r in mlflow.search_runs(search_all_experiments=True, filter_string="tags.`voltmodels.step` = 'evaluate_task' and attributes.status = 'FINISHED'",
                                                       output_format="list") if r.info.start_time >= started * 1000 and r.data.tags.get("kind") == "baselines"]
         assert finished, "no task finished before the deadline"
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "popen_loky" in " ".join(p.cmdline())]
+        assert len(workers) == 2
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        # loky's workers, computing or idle, used to outlive a killed run (idle ones for loky's 300 s timeout)
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"{len(alive)} loky workers still running 30 s after the evaluate run was killed"
     finally:
         proc.kill()
     resumed = _evaluate_run(run_entry_point("pipelines.evaluate", *args, cwd=isolated_tracking))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from pymatgen.core import Lattice, Structure
 
@@ -322,7 +323,6 @@ def test_workers_stop_when_the_run_that_asked_is_killed(table, tmp_path):
     """A killed `energies`, `uip` or mode (b) run leaves no worker computing on, nor waiting forever
     on its pool's queue: each worker ends when its parent is gone."""
     pytest.importorskip("sevenn")
-    psutil = pytest.importorskip("psutil")
     import signal
     import sqlite3
     import time

@@ -81,3 +81,49 @@ def set_torch_threads(n: int | None = None) -> None:
             set_interop(1)
     except RuntimeError:  # may only be set once per process, before any parallel work
         pass
+
+
+_watcher_pid = 0  # the process whose watcher thread runs (threads do not survive a fork)
+
+
+def exit_with_parent() -> None:
+    """End this worker process when the process that started it is gone; a no-op in a main process.
+
+    Every pool voltmodels starts (energies, relaxations, graphs, the evaluate grid on loky) calls
+    this in its workers: a killed run otherwise left them computing for up to an hour on the cores
+    of whatever ran next, and then waiting forever on a queue whose write end they hold themselves.
+    A thread waits on the parent, without polling where the platform allows: on multiprocessing's
+    sentinel, else (loky's workers have none) on a Linux pidfd of the parent.
+    """
+    import multiprocessing
+    import threading
+
+    global _watcher_pid
+    parent = multiprocessing.parent_process()
+    if parent is None or _watcher_pid == os.getpid():
+        return
+    _watcher_pid = os.getpid()
+    if parent.sentinel is not None:
+        wait = parent.join
+    else:
+        try:
+            pidfd = os.pidfd_open(parent.pid)
+        except ProcessLookupError:  # already gone
+            os._exit(0)
+        except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3): poll for the re-parenting
+            import time
+
+            def wait() -> None:
+                while os.getppid() == parent.pid:
+                    time.sleep(1.0)
+        else:
+            import select
+
+            def wait() -> None:
+                select.select([pidfd], [], [])
+
+    def wait_then_exit() -> None:
+        wait()
+        os._exit(0)
+
+    threading.Thread(target=wait_then_exit, name="exit-with-parent", daemon=True).start()

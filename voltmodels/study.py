@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, set_torch_threads
+from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, exit_with_parent, set_torch_threads
 from voltmodels.data.curation import SPLIT_STRATEGIES
 from voltmodels.metrics import cgcnn_interval, regression_metrics, repeat_std
 
@@ -199,6 +199,7 @@ def _parallel(spec, tasks, backend, n_jobs, master):
 
 
 def run_task_safely(spec: StudySpec, task: Task) -> tuple[Task, list[dict], str]:
+    exit_with_parent()  # in a loky worker: a killed evaluate run leaves none computing on
     try:
         return task, run_task(spec, task), ""
     except Exception as exc:  # reported beside the task; the other tasks go on

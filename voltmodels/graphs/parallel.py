@@ -7,6 +7,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
+from voltmodels.config import exit_with_parent
+
 # Below this many tasks, a process pool costs more than it saves.
 _MIN_ITEMS_FOR_POOL = 64
 
@@ -52,7 +54,7 @@ class TaskRunner:
         if n_jobs > 1 and n_tasks >= _MIN_ITEMS_FOR_POOL:
             use_fork = sys.platform.startswith("linux")
             context = multiprocessing.get_context("fork" if use_fork else None)
-            self._executor = ProcessPoolExecutor(max_workers=min(n_jobs, n_tasks), mp_context=context)
+            self._executor = ProcessPoolExecutor(max_workers=min(n_jobs, n_tasks), mp_context=context, initializer=exit_with_parent)
             self._chunksize = max(1, min(32, n_tasks // (n_jobs * 8)))
 
     def __enter__(self):

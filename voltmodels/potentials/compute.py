@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from pymatgen.core import IStructure, Structure
 
-from voltmodels.config import VoltmodelsError
+from voltmodels.config import VoltmodelsError, exit_with_parent
 from voltmodels.graphs.convert import parse_structure, structure_digest, structure_to_compact
 from voltmodels.potentials.cache import EnergyRecord, PotentialCache, RelaxRecord
 from voltmodels.potentials.calculators import Potential, load_potential, potential_key
@@ -58,7 +58,7 @@ def static_energies(
         from multiprocessing import get_context
 
         n_workers = min(n_workers, len(items) // _MIN_ITEMS_PER_WORKER)
-        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_exit_with_parent) as pool:
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=exit_with_parent) as pool:
             futures = [pool.submit(_compute_and_store, potential_name, items[w::n_workers], str(cache.path), w == 0) for w in range(n_workers)]
             for future in as_completed(futures):
                 future.result()
@@ -67,23 +67,6 @@ def static_energies(
     if items:
         found.update(cache.energies(key, missing))
     return {mid: found[digest] for mid, digest in digest_of.items()}
-
-
-def _exit_with_parent() -> None:
-    """Initializer of the energy and relaxation workers: a thread that ends the worker when the run
-    that started it is gone. A killed `energies` or `uip` run otherwise left its workers computing
-    for up to an hour on the cores of whatever ran next, and then waiting forever on the pool's
-    queue, whose write end they hold themselves."""
-    import multiprocessing
-    import threading
-
-    parent = multiprocessing.parent_process()
-
-    def wait_then_exit() -> None:
-        parent.join()  # waits on the parent's sentinel: no polling
-        os._exit(0)
-
-    threading.Thread(target=wait_then_exit, name="exit-with-parent", daemon=True).start()
 
 
 def _compute_and_store(potential_name: str, items: list[tuple[str, IStructure]], cache: PotentialCache | str, report: bool = False, progress=None) -> None:
@@ -212,7 +195,7 @@ def relax_many(structures: Mapping[str, Any], potential_name: str, settings: Rel
         n_workers = min(n_workers, len(todo) // 2)
         # One task per structure: relaxations take 1 to 100 s, so fixed shares would leave workers idle;
         # a worker process loads the potential once and keeps it for its later tasks.
-        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_exit_with_parent) as pool:
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=exit_with_parent) as pool:
             list(pool.map(_relax_worker, [(potential_name, [s], settings, str(cache.path)) for _, s in todo]))
     return {k: relax(s, potential_name, settings, cache) for k, s in parsed.items()}
 

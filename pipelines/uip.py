@@ -24,7 +24,7 @@ from voltmodels import baselines as bl
 from voltmodels.config import VoltmodelsError, set_torch_threads
 from voltmodels.data.curation import SPLIT_STRATEGIES
 from voltmodels.data.dataset import load_dataset
-from voltmodels.potentials.calculators import DEFAULT_POTENTIAL, potential_key, split_name
+from voltmodels.potentials.calculators import DEFAULT_POTENTIAL, potential_key, potential_tag, split_name
 from voltmodels.potentials.compute import RelaxSettings
 from voltmodels.potentials.electrodes import DatasetInputs
 from voltmodels.potentials.families import FAMILIES, evaluate
@@ -100,7 +100,7 @@ def main(argv=None) -> str:
         mlflow.log_metric("featurize_seconds", time.perf_counter() - started)
         all_records = []
         for potential in potentials:
-            tag = "_and_".join(key.split("@")[0] for key in potential_key(potential).split("+"))
+            tag = potential_tag(potential)
             started = time.perf_counter()
             inputs = DatasetInputs(dataset, potential, "a", relax_settings=relax_settings, n_workers=args.n_workers or os.cpu_count())
             n_missing = int((~np.isfinite(inputs.inputs.v_uip)).sum())

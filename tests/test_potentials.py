@@ -74,6 +74,19 @@ def test_potentials_by_name():
         split_name("dft")
 
 
+@pytest.mark.parametrize("name, tag", [("sevennet-l3i5+sevennet-0", "sevennet-l3i5_and_sevennet-0"), ("sevennet-0+chgnet", "sevennet-0_and_chgnet"), ("chgnet", "chgnet")])
+def test_a_combined_potential_names_metrics_that_mlflow_accepts(name, tag):
+    """`evaluate -P potential=a+b` logs per-potential metrics; MLflow refuses "+" in a metric name."""
+    import mlflow
+
+    from voltmodels.potentials.calculators import potential_tag
+
+    assert potential_tag(name) == tag
+    with mlflow.start_run() as run:
+        mlflow.log_metric(f"rows_without_voltage_{potential_tag(name)}", 3)
+    assert mlflow.get_run(run.info.run_id).data.metrics == {f"rows_without_voltage_{tag}": 3}
+
+
 def test_every_sevennet_checkpoint_in_the_wheel_loads_offline_with_its_own_cache_key():
     """The variants load by name from the wheel (no download), answer with their own energy (a
     different model, not SevenNet-0 under another name) and expose the atomic representation."""

@@ -147,10 +147,11 @@ def prepare(spec: StudySpec, tasks: Sequence[Task], n_workers: int | None = None
 
         facts["n_feature_rows"] = len(bl.dataset_features(dataset))
     for potential in sorted({t.potential for t in tasks if t.kind == "uip"}):
+        from voltmodels.potentials.calculators import potential_tag
         from voltmodels.potentials.electrodes import DatasetInputs
 
         inputs = DatasetInputs(dataset, potential, "a", n_workers=n_workers or os.cpu_count())
-        facts[f"rows_without_voltage_{potential}"] = int((~np.isfinite(inputs.inputs.v_uip)).sum())
+        facts[f"rows_without_voltage_{potential_tag(potential)}"] = int((~np.isfinite(inputs.inputs.v_uip)).sum())
     facts["prepare_seconds"] = time.perf_counter() - started
     if log is not None:
         log(f"[study] caches ready in {facts['prepare_seconds']:.0f} s: {facts}")

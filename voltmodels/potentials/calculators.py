@@ -87,6 +87,12 @@ def potential_key(name: str) -> str:
     return key if weights is None else f"{key}-{_file_hash(weights)}"
 
 
+def potential_tag(name: str) -> str:
+    """A label of the potential for MLflow metric names, which may not hold "+":
+    "sevennet-l3i5+sevennet-0" -> "sevennet-l3i5_and_sevennet-0", "mace:/w.model" -> "mace"."""
+    return "_and_".join(split_name(part)[0] for part in name.split("+"))
+
+
 @functools.lru_cache(maxsize=4)
 def load_potential(name: str = DEFAULT_POTENTIAL, device: str | None = None) -> Potential:
     """The potential `name` on `device` (default $VOLTMODELS_DEVICE); loaded once per process."""

@@ -138,6 +138,9 @@ def mode_b(potential: str, per_ion: int, seed: int, dataset_ref: str, families) 
             err = np.abs(model.predict(inputs, X, ions) - y)
             row = {"family": family, "mode": mode, "all": f"{err.mean():.3f}", f"x1 = 0 ({(~x1).sum()})": f"{err[~x1].mean():.3f}", f"x1 > 0 ({x1.sum()})": f"{err[x1].mean():.3f}"}
             row.update({ion: f"{err[ions == ion].mean():.3f}" for ion in IONS if (ions == ion).any()})
+            # The served 90 % interval is calibrated on mode-(a) residuals: does it hold in mode (b)?
+            inside = err <= model.interval(ions)
+            row.update({"coverage": f"{inside.mean():.2f}", "coverage x1 = 0": f"{inside[~x1].mean():.2f}"})
             out.append(row)
     failed = sum(1 for e, v in zip(b.inputs.errors, b.inputs.v_uip) if e and not np.isfinite(v))
     with PotentialCache()._connect() as db:

@@ -4,7 +4,8 @@ Request: `structure` (the discharged, ion-containing structure: CIF, POSCAR or S
 `working_ion`, plus an optional `structure_charged`. With it, the voltage comes from static energies
 of both end members (mode a); without it, the charged host is the structure without its working-ion
 atoms and both are relaxed with the potential first (mode b, seconds per row). Every output row says
-which model, family, potential and mode answered, with the 90 % conformal interval.
+which model, family, potential and mode answered, with the 90 % conformal interval, and in mode (b)
+whether both relaxations converged within the step cap (`relaxation`).
 
 Artifacts: `family` (JSON: the family's parameters, the potential's identity, the metal references,
 interval half-widths) and, for the trained families, `regressor` (a skops file, no arbitrary pickle, whose SHA-256 is in
@@ -30,7 +31,7 @@ from voltmodels.config import VoltmodelsError
 FAMILY_ARTIFACT = "family"
 REGRESSOR_ARTIFACT = "regressor"
 FORMAT_VERSION = 2  # 2: regressor in skops format (was joblib)
-OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "model_id", "working_ion", "family", "potential", "mode")
+OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "model_id", "working_ion", "family", "potential", "mode", "relaxation")
 
 
 def _sha256(path: Path) -> str:
@@ -121,6 +122,8 @@ class PotentialPredictor:
                 "family": self.model.family,
                 "potential": self.meta["potential"],
                 "mode": ["a" if e.charged is not None else "b" for e in electrodes],
+                # Mode (b): whether both relaxations converged within the step cap ("" in mode a).
+                "relaxation": inputs.relaxation or [""] * len(electrodes),
             },
             index=frame.index,
         )

@@ -21,8 +21,9 @@ from voltmodels.config import VoltmodelsError
 
 ARTIFACT_PREFIX = "model_"
 #: `mode`: "a" (a potential on both end members), "b" (a potential on the relaxed discharged structure
-#: and its derived host), "discharged" (a CGCNN on the discharged structure as given).
-OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "model_id", "working_ion", "mode", "family", "potential")
+#: and its derived host), "discharged" (a CGCNN on the discharged structure as given). `relaxation`: in
+#: mode (b), whether both relaxations converged within the step cap; "" otherwise.
+OUTPUT_COLUMNS = ("voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "model_id", "working_ion", "mode", "family", "potential", "relaxation")
 
 
 def member_checkpoint(model_dir: str | Path) -> Path:
@@ -76,7 +77,7 @@ class VoltageRouter:
             predictor = self.predictors[ion]
             if isinstance(predictor, CGCNNPredictor):
                 part = predictor.predict_graphs([graphs[i] for i in rows], [structures[i] for i in rows], local_voltages=local)
-                part["mode"] = "discharged"
+                part["mode"], part["relaxation"] = "discharged", ""
             else:
                 part = predictor.predict(frame.iloc[rows])
             part.index = rows
@@ -164,7 +165,7 @@ def log_router_model(members: dict[str, dict], folders: dict[str, str], register
         outputs=Schema(
             [ColSpec(double, c) for c in ("voltage", "voltage_lower", "voltage_upper")]
             + [ColSpec(string, c) for c in ("model_name", "model_version", "model_id", "working_ion", "mode")]
-            + [ColSpec(string, c, required=False) for c in ("family", "potential", "local_voltages", "error")]
+            + [ColSpec(string, c, required=False) for c in ("family", "potential", "relaxation", "local_voltages", "error")]
         ),
         params=ParamSchema([ParamSpec("local_voltages", DataType.boolean, False), ParamSpec("on_error", string, "raise")]),
     )

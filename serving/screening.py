@@ -26,7 +26,7 @@ from voltmodels.spark import spark_session
 
 STRUCTURE_SUFFIXES = {".cif", ".json", ".mcif", ".vasp", ".poscar"}
 TABLE_SUFFIXES = {".parquet", ".jsonl"}
-PREDICTION_COLUMNS = ["voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "mode"]
+PREDICTION_COLUMNS = ["voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "mode", "relaxation"]
 RESULT_COLUMNS = ["rank", "id", "formula", "n_sites", "working_ion", *PREDICTION_COLUMNS, "source"]
 FAILED_COLUMNS = ["id", "source", "stage", "reason"]
 ENGINES = ("pandas", "spark")
@@ -208,6 +208,7 @@ def score_spark(spark, model_uri: str, df, batch_size: int = 64, partitions: int
     """The same as score_pandas on a Spark DataFrame (id, source, structure, working_ion,
     structure_charged): the parse stage and the model run as UDFs in the executors; only the small
     result columns come back to the driver."""
+    import mlflow.models
     import mlflow.pyfunc
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -219,14 +220,19 @@ def score_spark(spark, model_uri: str, df, batch_size: int = 64, partitions: int
     def describe_udf(structures: pd.Series) -> pd.DataFrame:
         return describe(structures)
 
-    result_type = T.StructType([*(T.StructField(c, double) for c in PREDICTION_COLUMNS[:3]), *(T.StructField(c, string) for c in (*PREDICTION_COLUMNS[3:], "error"))])
+    # Only the columns the model says it returns: Spark fails on a missing one (a router logged before
+    # `relaxation` existed has none); those it lacks come back empty, as in score_pandas.
+    signature = mlflow.models.get_model_info(model_uri).signature
+    returned = set(signature.outputs.input_names()) if signature is not None and signature.outputs is not None else None
+    columns = [c for c in (*PREDICTION_COLUMNS, "error") if returned is None or c in returned]
+    result_type = T.StructType([T.StructField(c, double if c in PREDICTION_COLUMNS[:3] else string) for c in columns])
     predict_udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type, env_manager="local", params={"on_error": "row"})
     df = df.repartition(partitions or spark.sparkContext.defaultParallelism).withColumn("row", F.monotonically_increasing_id())
     df = df.withColumn("described", describe_udf("structure")).cache()  # read twice below, parsed once
     parsed = df.where(F.col("described.parse_error").isNull())
     scored = parsed.withColumn("p", predict_udf(F.struct("structure", "working_ion", "structure_charged"))).select("row", "p.*")
     described = df.select("row", "id", "source", "working_ion", "described.*").toPandas().set_index("row").sort_index()
-    predictions = scored.toPandas().set_index("row").reindex(described.index)
+    predictions = scored.toPandas().set_index("row").reindex(index=described.index, columns=[*PREDICTION_COLUMNS, "error"])
     df.unpersist()
     return described.reset_index(drop=True), predictions.reset_index(drop=True)
 

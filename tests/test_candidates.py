@@ -118,7 +118,7 @@ def test_spark_screen_matches_pandas_row_for_row(router_champion, na_to_li, tmp_
     spark_failed = pd.read_csv(tmp_path / "spark_failed.csv")
 
     assert len(pandas_result.ranked) == 24 and len(spark_ranked) == 24
-    keys = ["rank", "id", "formula", "n_sites", "working_ion", "model_name", "model_version", "mode"]
+    keys = ["rank", "id", "formula", "n_sites", "working_ion", "model_name", "model_version", "mode", "relaxation"]
     pd.testing.assert_frame_equal(spark_ranked[keys].astype(str), pandas_result.ranked[keys].astype(str))
     for column in ("voltage", "voltage_lower", "voltage_upper"):
         np.testing.assert_allclose(spark_ranked[column], pandas_result.ranked[column], atol=1e-5)

@@ -160,6 +160,22 @@ def test_sevennet_zero_shot_on_real_electrodes_and_cache(subset_dataset, tmp_pat
     assert np.allclose(again(rows).v_uip, v)
 
 
+def test_mode_b_rows_say_whether_their_relaxations_converged(subset_dataset):
+    """A mode (b) voltage from a structure still moving at the step cap is flagged, not passed off as converged."""
+    pytest.importorskip("sevenn")
+    from voltmodels.potentials.compute import RelaxSettings
+    from voltmodels.potentials.electrodes import DatasetInputs
+
+    rows = subset_dataset.table[subset_dataset.table["working_ion"] == "Mg"].head(1)
+    capped = DatasetInputs(subset_dataset, "sevennet-0", "b", rows=rows, relax_settings=RelaxSettings(max_steps=1), n_workers=1).inputs
+    assert capped.relaxation[0].startswith("not converged: sevennet-0 stopped relaxing the ")
+    assert "charged host at the 1-step cap (fmax 0.1 eV/Å)" in capped.relaxation[0]  # every Mg taken out: far from relaxed
+    loose = DatasetInputs(subset_dataset, "sevennet-0", "b", rows=rows, relax_settings=RelaxSettings(fmax=100.0), n_workers=1).inputs
+    assert loose.relaxation == ["converged: sevennet-0, 0 + 0 FIRE steps"]
+    assert np.isfinite(capped.v_uip).all() and np.isfinite(loose.v_uip).all()
+    assert DatasetInputs(subset_dataset, "sevennet-0", "a", rows=rows).inputs.relaxation is None  # mode (a) relaxes nothing
+
+
 def test_families_fit_and_calibrate(subset_dataset):
     from voltmodels import baselines as bl
     from voltmodels.potentials.electrodes import DatasetInputs
@@ -295,6 +311,7 @@ def test_served_router_answers_modes_a_and_b(uip_store, real_subset):
         assert response.status_code == 200, response.text
         out = pd.DataFrame(response.json()["predictions"])
         assert list(out["mode"]) == ["a", "b"]
+        assert out["relaxation"].iloc[0] == "" and re.match(rf"(not )?converged: {E2E_POTENTIAL}", out["relaxation"].iloc[1])
         assert (out["model_name"] == "voltage-uip-Mg").all() and out["potential"].eq(E2E_POTENTIAL).all()
         assert abs(out["voltage"].iloc[0] - row["average_voltage"]) < 0.5
         assert (out["voltage_lower"] <= out["voltage"]).all()

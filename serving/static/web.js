@@ -260,7 +260,7 @@ function renderOne(p, cellAnswer) {
   $("voltage").textContent = fmt(p.voltage);
   $("interval").textContent = `${fmt(p.voltage_lower)} – ${fmt(p.voltage_upper)}`;
   $("model").textContent = modelLabel(p);
-  $("model-extra").textContent = ["mode", "family", "potential"].filter((k) => p[k]).map((k) => `${k}: ${p[k]}`).join(" · ");
+  $("model-extra").textContent = ["mode", "family", "potential", "relaxation"].filter((k) => p[k]).map((k) => `${k}: ${p[k]}`).join(" · ");
 
   let local = null;
   if (typeof p.local_voltages === "string" && p.local_voltages) {
@@ -425,7 +425,7 @@ function renderBatch(results) {
 
 function download() {
   if (!batchResults) return;
-  const cols = ["rank", "id", "working_ion", "voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "mode", "family", "potential", "error"];
+  const cols = ["rank", "id", "working_ion", "voltage", "voltage_lower", "voltage_upper", "model_name", "model_version", "mode", "family", "potential", "relaxation", "error"];
   const good = ranked(batchResults).map((r, k) => ({ ...r, rank: k + 1 }));
   const bad = batchResults.filter((r) => r.error).map((r) => ({ ...r, rank: "", voltage: "", voltage_lower: "", voltage_upper: "" }));
   const lines = [cols.join(","), ...[...good, ...bad].map((r) => cols.map((c) => csvField(r[c])).join(","))];

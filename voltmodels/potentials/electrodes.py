@@ -16,7 +16,7 @@ import pandas as pd
 
 from voltmodels.config import VoltmodelsError
 from voltmodels.graphs.convert import parse_structure
-from voltmodels.potentials.cache import PotentialCache
+from voltmodels.potentials.cache import PotentialCache, RelaxRecord
 from voltmodels.potentials.compute import RelaxSettings, charged_host, relax_many, static_energies
 from voltmodels.potentials.families import PotentialInputs, combine
 from voltmodels.potentials.references import metal_energy_per_atom
@@ -65,12 +65,14 @@ def electrode_inputs(
         except VoltmodelsError as exc:
             pairs.append(str(exc))
     # Mode (b) rows: both end members relaxed with the potential first (in worker processes).
-    for name, record in relax_many(to_relax, potential_name, relax_settings, cache, n_workers).items():
+    relaxed = relax_many(to_relax, potential_name, relax_settings, cache, n_workers)
+    for name, record in relaxed.items():
         if record.structure is not None:
             structures[name] = parse_structure(record.structure)
         else:
             i = int(name[:-1])
             pairs[i] = f"relaxing {to_relax[name].composition.reduced_formula} with {potential_name} failed: {record.error}"
+    relaxation = [relaxation_outcome(relaxed[f"{i}d"], relaxed[f"{i}c"], potential_name, relax_settings) if f"{i}d" in relaxed else "" for i in range(len(electrodes))] if relaxed else None
     energies = static_energies(structures, potential_name, cache, n_workers=n_workers)
     references: dict[str, float] = {}
     n = len(electrodes)
@@ -102,7 +104,17 @@ def electrode_inputs(
             embeddings[i] = np.concatenate([rd.embedding, rc.embedding])
             units_c, units_d, charge = transfer_normalization(sc.composition, sd.composition, electrode.ion)
             transfer[i] = (rd.embedding * rd.n_atoms / units_d - rc.embedding * rc.n_atoms / units_c) / charge
-    return PotentialInputs(v, per_atom, embeddings, errors, transfer, {potential_name: d})
+    return PotentialInputs(v, per_atom, embeddings, errors, transfer, {potential_name: d}, relaxation)
+
+
+def relaxation_outcome(discharged: RelaxRecord, charged: RelaxRecord, potential_name: str, settings: RelaxSettings) -> str:
+    """How the relaxation of a mode (b) row's two end members ended, in a sentence a served row carries:
+    a voltage from a structure still moving at the step cap is less certain than its interval says."""
+    stopped = [what for what, record in (("discharged structure", discharged), ("charged host", charged)) if record.structure is not None and not record.converged]
+    if stopped:
+        return (f"not converged: {potential_name} stopped relaxing the {' and the '.join(stopped)} at the {settings.max_steps}-step cap "
+                f"(fmax {settings.fmax} eV/Å); the voltage is less certain than its interval says")
+    return f"converged: {potential_name}, {discharged.n_steps} + {charged.n_steps} FIRE steps"
 
 
 class DatasetInputs:

@@ -56,11 +56,16 @@ class PotentialInputs:
     transfer: np.ndarray | None = None
     #: {potential: width of its atomic representation}: fixes the column layout of a fitted model.
     embedding_dims: dict[str, int] = field(default_factory=dict)
+    #: Mode (b) rows: how the relaxation of both end members ended ("" in mode a); None: no row relaxed.
+    relaxation: list[str] | None = None
 
     def take(self, mask) -> "PotentialInputs":
+        def pick(values):
+            return [v for v, m in zip(values, np.asarray(mask)) if m] if np.asarray(mask).dtype == bool else [values[i] for i in mask]
+
         transfer = None if self.transfer is None else self.transfer[mask]
-        errors = [e for e, m in zip(self.errors, np.asarray(mask)) if m] if np.asarray(mask).dtype == bool else [self.errors[i] for i in mask]
-        return PotentialInputs(self.v_uip[mask], self.energies[mask], self.embeddings[mask], errors, transfer, self.embedding_dims)
+        relaxation = None if self.relaxation is None else pick(self.relaxation)
+        return PotentialInputs(self.v_uip[mask], self.energies[mask], self.embeddings[mask], pick(self.errors), transfer, self.embedding_dims, relaxation)
 
 
 def combine(parts: Sequence[PotentialInputs]) -> PotentialInputs:
@@ -75,6 +80,7 @@ def combine(parts: Sequence[PotentialInputs]) -> PotentialInputs:
         [next((e for e in errors if e), None) for errors in zip(*(p.errors for p in parts))],
         np.hstack([p.transfer for p in parts]),
         {k: v for p in parts for k, v in p.embedding_dims.items()},
+        None if all(p.relaxation is None for p in parts) else ["; ".join(r for r in row if r) for row in zip(*(p.relaxation or [""] * len(p.v_uip) for p in parts))],
     )
 
 

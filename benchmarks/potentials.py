@@ -28,6 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from voltmodels.machine import machine_line  # noqa: E402
+from voltmodels.potentials.electrodes import holds_ion  # noqa: E402
 from voltmodels.tracking import results_run  # noqa: E402
 from pipelines.common import setup_tracking  # noqa: E402
 from voltmodels.tracking import finished_runs  # noqa: E402
@@ -97,26 +98,24 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def holds_ion(rows: pd.DataFrame) -> np.ndarray:
-    """Whether MP's charged end member still holds working ions (x1 > 0)."""
-    from pymatgen.core import Composition
-
-    return np.array([Composition(f)[ion] > 0 for ion, f in zip(rows["working_ion"], rows["formula_charge"])])
-
-
-def mode_b(potential: str, per_ion: int, seed: int, dataset_ref: str, families) -> pd.DataFrame:
-    """Mode (a) vs (b) on the same test electrodes of random split 0, with the repeat-0 models."""
+def mode_b(potential: str, per_ion: int, seed: int, dataset_ref: str, families, calibration_rows: int) -> pd.DataFrame:
+    """Mode (a) vs (b) on the same test electrodes of random split 0, with the repeat-0 models, their
+    mode (b) intervals widened as `uip` registers them (from `calibration_rows` validation rows)."""
     from voltmodels import baselines as bl
     from voltmodels.data.dataset import load_dataset
     from voltmodels.potentials.cache import PotentialCache
     from voltmodels.potentials.calculators import potential_key
-    from voltmodels.potentials.electrodes import DatasetInputs
+    from voltmodels.potentials.electrodes import DatasetInputs, calibrate_mode_b
     from voltmodels.potentials.families import evaluate
 
     dataset = load_dataset(dataset_ref)
     features = bl.dataset_features(dataset)
     full = DatasetInputs(dataset, potential, "a")  # cached
     _, _, final = evaluate(dataset, full, features, families, ("random",), 1, log=None)
+    started = time.perf_counter()
+    used = calibrate_mode_b(final, dataset, full, features, calibration_rows, seed=seed, n_workers=os.cpu_count())
+    print(f"\nmode (b) interval scale from {used} validation rows (x1 = 0, {time.perf_counter() - started:.0f} s): "
+          + ", ".join(f"{family} {model.mode_b_scale:.2f}" for family, model in final.items()))
     picked = []
     for ion in IONS:
         rows = dataset.split(ion, "random", 0)
@@ -138,9 +137,10 @@ def mode_b(potential: str, per_ion: int, seed: int, dataset_ref: str, families) 
             err = np.abs(model.predict(inputs, X, ions) - y)
             row = {"family": family, "mode": mode, "all": f"{err.mean():.3f}", f"x1 = 0 ({(~x1).sum()})": f"{err[~x1].mean():.3f}", f"x1 > 0 ({x1.sum()})": f"{err[x1].mean():.3f}"}
             row.update({ion: f"{err[ions == ion].mean():.3f}" for ion in IONS if (ions == ion).any()})
-            # The served 90 % interval is calibrated on mode-(a) residuals: does it hold in mode (b)?
-            inside = err <= model.interval(ions)
-            row.update({"coverage": f"{inside.mean():.2f}", "coverage x1 = 0": f"{inside[~x1].mean():.2f}"})
+            # The served 90 % interval: does it hold in mode (b), widened by the validation rows' scale (and without)?
+            inside = err <= model.interval(ions, mode_b=np.full(len(ions), mode == "b"))
+            unscaled = err <= model.interval(ions)
+            row.update({"coverage": f"{inside.mean():.2f}", "coverage x1 = 0": f"{inside[~x1].mean():.2f}", "x1 = 0, unscaled": f"{unscaled[~x1].mean():.2f}"})
             out.append(row)
     failed = sum(1 for e, v in zip(b.inputs.errors, b.inputs.v_uip) if e and not np.isfinite(v))
     with PotentialCache()._connect() as db:
@@ -228,6 +228,7 @@ def main(argv=None) -> None:
     p.add_argument("--potential", default="sevennet-0,chgnet")
     p.add_argument("--dataset", default="latest")
     p.add_argument("--mode-b", type=int, default=0, help="test electrodes per ion to relax for mode (b) (0: skip)")
+    p.add_argument("--mode-b-calibration", type=int, default=40, help="validation rows relaxed to widen the mode (b) interval, as `uip -P mode_b_rows`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--served", default="", help="also: test MAE of this registered model (e.g. models:/voltage-predictor@champion) on random split 0")
     p.add_argument("--cost", type=int, default=0, help="only: time each potential's static energies on this many structures, from an empty cache")
@@ -267,7 +268,7 @@ def main(argv=None) -> None:
     if args.mode_b:
         for potential in [x.strip() for x in args.potential.split(",")][:1]:  # relaxations are costly: the first potential
             print(f"\n### mode (a) vs mode (b), {potential}: test MAE (V) on the same electrodes\n")
-            print(markdown(mode_b(potential, args.mode_b, args.seed, args.dataset, FAMILY_ORDER[:-1])))
+            print(markdown(mode_b(potential, args.mode_b, args.seed, args.dataset, FAMILY_ORDER[:-1], args.mode_b_calibration)))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from voltmodels.data.curation import SPLIT_STRATEGIES
 from voltmodels.data.dataset import load_dataset
 from voltmodels.potentials.calculators import DEFAULT_POTENTIAL, potential_key, potential_tag, split_name
 from voltmodels.potentials.compute import RelaxSettings
-from voltmodels.potentials.electrodes import DatasetInputs
+from voltmodels.potentials.electrodes import DatasetInputs, calibrate_mode_b
 from voltmodels.potentials.families import FAMILIES, evaluate
 from voltmodels.registry import potential_name
 from voltmodels.tracking import DEFAULT_SELECTION_RULE, register
@@ -35,6 +35,8 @@ STEP = "uip"
 DEFAULT_REPEATS = {"quick": 1, "paper": 5}
 #: Electrodes per ion the quick profile uses (a seeded sample; its one-time energy cost is ~40 % of all).
 QUICK_MAX_ROWS_PER_ION = 150
+#: Validation electrodes relaxed in mode (b) to scale its interval (two relaxations each, ~20-80 s apiece).
+MODE_B_ROWS = {"quick": 4, "paper": 40}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-rows-per-ion", type=as_int, default=-1, help="seeded sample of electrodes per ion (-1: quick 150, paper all; 0: all)")
     p.add_argument("--fmax", type=float, default=RelaxSettings.fmax, help="mode (b) relaxation force threshold, eV/Å")
     p.add_argument("--max-steps", type=as_int, default=RelaxSettings.max_steps, help="mode (b) relaxation step cap")
+    p.add_argument("--mode-b-rows", type=as_int, default=-1,
+                   help="validation electrodes relaxed in mode (b) to widen the served mode (b) interval (-1: quick 4, paper 40; 0: none)")
     p.add_argument("--register", default="true", choices=["true", "false"])
     p.add_argument("--n-workers", type=lambda v: int(float(v)), default=0, help="processes computing missing energies (0: one per CPU)")
     return p.parse_args(argv)
@@ -118,6 +122,12 @@ def main(argv=None) -> str:
                 prefix = "" if row.split == "random" else f"{row.split}_"
                 mlflow.log_metric(f"{prefix}{tag}_{row.method}_{row.ion}_test_mae_mean", float(row.mae_mean))
             if args.register == "true":
+                n_rows = args.mode_b_rows if args.mode_b_rows >= 0 else MODE_B_ROWS[args.profile]
+                started = time.perf_counter()
+                used = calibrate_mode_b(final, dataset, inputs, features, n_rows, relax_settings, args.seed, args.n_workers or os.cpu_count())
+                mlflow.log_metrics({f"{tag}_mode_b_calibration_rows": used, f"{tag}_mode_b_calibration_seconds": time.perf_counter() - started,
+                                    **{f"{tag}_{family}_mode_b_interval_scale": model.mode_b_scale for family, model in final.items()}})
+                print(f"[uip] {potential}: mode (b) interval scale from {used} validation electrodes: " + ", ".join(f"{f} {m.mode_b_scale:.2f}" for f, m in final.items()))
                 _register(dataset, potential, tag, final, records, relax_settings, inputs, run.info.run_id, args.profile, log_potential_model, family_metadata)
         records = pd.concat(all_records, ignore_index=True)
         table = comparison_table(records)

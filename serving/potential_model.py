@@ -60,7 +60,8 @@ class PotentialPredictor:
             # A different package release or weights file would give other energies than the model learned from.
             raise VoltmodelsError(f"{meta['registered_name']} was fitted with {meta['potential_key']}, but this environment has {potential_key(meta['potential'])}")
         self.meta = meta
-        self.model = FamilyModel(meta["family"], {k: tuple(v) for k, v in meta["recal"].items()}, regressor, meta["fallback"], meta["half_width"])
+        # A model logged before mode (b) intervals were scaled has no `mode_b_scale`: its intervals as they were.
+        self.model = FamilyModel(meta["family"], {k: tuple(v) for k, v in meta["recal"].items()}, regressor, meta["fallback"], meta["half_width"], meta.get("mode_b_scale", 1.0))
         self.supported_ions = list(meta["ions"])
         self.relax_settings = RelaxSettings(**meta["relax_settings"])
         self.model_name = model_name or meta["registered_name"]
@@ -109,7 +110,7 @@ class PotentialPredictor:
             raise invalid(f"{self.meta['potential']} gave no voltage: " + "; ".join(failed) + ".")
         features = featurize_structures([e.discharged for e in electrodes]) if self.model.family == "uip_delta" else np.zeros((len(electrodes), 0))
         voltage = self.model.predict(inputs, features, ions)
-        half = self.model.interval(ions)
+        half = self.model.interval(ions, mode_b=[e.charged is None for e in electrodes])
         return pd.DataFrame(
             {
                 "voltage": voltage,
@@ -167,6 +168,7 @@ def family_metadata(model, *, potential: str, registered_name: str, ions, relax_
         "recal": {k: list(v) for k, v in model.recal.items()},
         "fallback": model.fallback,
         "half_width": model.half_width,
+        "mode_b_scale": model.mode_b_scale,
         "relax_settings": asdict(relax_settings),
         "embedding_dims": embedding_dims,
         "feature_set_key": feature_set_key(),

@@ -176,6 +176,24 @@ def test_mode_b_rows_say_whether_their_relaxations_converged(subset_dataset):
     assert DatasetInputs(subset_dataset, "sevennet-0", "a", rows=rows).inputs.relaxation is None  # mode (a) relaxes nothing
 
 
+def test_mode_b_intervals_widen_by_the_ratio_of_held_out_error_quantiles():
+    from voltmodels.potentials.families import FamilyModel, PotentialInputs, mode_b_scale
+
+    def inputs(v):
+        n = len(v)
+        return PotentialInputs(np.asarray(v, float), np.zeros((n, 2)), np.zeros((n, 0)), [None] * n, np.zeros((n, 0)))
+
+    y = np.linspace(1.0, 3.0, 10)
+    error_a, error_b = np.linspace(0.01, 0.10, 10), np.linspace(0.02, 0.20, 10)  # relaxed end members: twice the error
+    model = FamilyModel("uip", half_width={"Mg": 0.1, "*": 0.2})
+    ions = ["Mg"] * 10
+    assert mode_b_scale(model, inputs(y + error_a), inputs(y - error_b), np.zeros((10, 0)), ions, y) == pytest.approx(2.0)
+    assert mode_b_scale(model, inputs(y + error_b), inputs(y + error_a), np.zeros((10, 0)), ions, y) == 1.0  # never narrower
+    model.mode_b_scale = 2.0
+    assert model.interval(["Mg", "Mg", "Al"], mode_b=[False, True, True]) == pytest.approx([0.1, 0.2, 0.4])
+    assert model.interval(["Mg"]) == pytest.approx([0.1])
+
+
 def test_families_fit_and_calibrate(subset_dataset):
     from voltmodels import baselines as bl
     from voltmodels.potentials.electrodes import DatasetInputs
@@ -258,6 +276,13 @@ def test_every_entry_point_defaults_to_the_default_potential():
     assert set(with_potential.values()) == {DEFAULT_POTENTIAL}
 
 
+def mlflow_client(env: dict):
+    """A client of a module's own store: setting the global tracking URI would move the session's."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+
+
 @pytest.fixture(scope="module")
 def uip_store(real_subset, tmp_path_factory):
     """Its own tracking store (the session store's `latest` dataset must stay the full one)."""
@@ -275,11 +300,8 @@ def uip_store(real_subset, tmp_path_factory):
 
 def test_uip_entry_point_registers_every_family(uip_store):
     root, env, out = uip_store
-    from mlflow.tracking import MlflowClient
-
-    # A client of the module's own store: setting the global tracking URI would move the session's.
     uri = env["MLFLOW_TRACKING_URI"]
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = mlflow_client(env)
     for ion in ("Li", "Mg"):
         versions = client.search_model_versions(f"name = 'voltage-uip-{ion}'")
         assert {v.tags["family"] for v in versions} == {"uip", "uip_recal", "uip_delta", "uip_head"}
@@ -296,7 +318,7 @@ def test_served_router_answers_modes_a_and_b(uip_store, real_subset):
 
     from serving.processes import ServerProcess, free_port
 
-    root, env, _ = uip_store
+    root, env, uip_out = uip_store
     table = pd.read_csv(real_subset / "mp_electrodes.csv")
     with gzip.open(real_subset / "mp_electrode_structures_compact.json.gz", "rt") as fh:
         structures = json.load(fh)
@@ -312,6 +334,12 @@ def test_served_router_answers_modes_a_and_b(uip_store, real_subset):
         out = pd.DataFrame(response.json()["predictions"])
         assert list(out["mode"]) == ["a", "b"]
         assert out["relaxation"].iloc[0] == "" and re.match(rf"(not )?converged: {E2E_POTENTIAL}", out["relaxation"].iloc[1])
+        # The mode (b) interval is the mode (a) one widened by the scale `uip` measured on relaxed validation rows.
+        uip_run = mlflow_client(env).get_run(re.search(r"uip run (\w+)", uip_out).group(1))
+        assert uip_run.data.metrics[f"{E2E_POTENTIAL}_mode_b_calibration_rows"] >= 1
+        scale = uip_run.data.metrics[f"{E2E_POTENTIAL}_{out['family'].iloc[0]}_mode_b_interval_scale"]
+        half = (out["voltage_upper"] - out["voltage_lower"]) / 2
+        assert scale >= 1 and half.iloc[1] == pytest.approx(scale * half.iloc[0])
         assert (out["model_name"] == "voltage-uip-Mg").all() and out["potential"].eq(E2E_POTENTIAL).all()
         assert abs(out["voltage"].iloc[0] - row["average_voltage"]) < 0.5
         assert (out["voltage_lower"] <= out["voltage"]).all()

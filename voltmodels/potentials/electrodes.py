@@ -18,7 +18,7 @@ from voltmodels.config import VoltmodelsError
 from voltmodels.graphs.convert import parse_structure
 from voltmodels.potentials.cache import PotentialCache, RelaxRecord
 from voltmodels.potentials.compute import RelaxSettings, charged_host, relax_many, static_energies
-from voltmodels.potentials.families import PotentialInputs, combine
+from voltmodels.potentials.families import FamilyModel, PotentialInputs, combine
 from voltmodels.potentials.references import metal_energy_per_atom
 from voltmodels.potentials.voltage import average_voltage, transfer_normalization
 
@@ -130,7 +130,40 @@ class DatasetInputs:
             for ion, d, c in zip(rows["working_ion"], rows["id_discharge"], rows["id_charge"])
         ]
         self.inputs = electrode_inputs(electrodes, potential_name, relax_settings, cache, n_workers=n_workers)
+        self.potential_name = potential_name
         self.position = {bid: i for i, bid in enumerate(rows["battery_id"])}
 
     def __call__(self, rows: pd.DataFrame) -> PotentialInputs:
         return self.inputs.take(np.array([self.position[b] for b in rows["battery_id"]], dtype=int))
+
+
+def holds_ion(rows: pd.DataFrame) -> np.ndarray:
+    """Whether MP's charged end member still holds working ions (x1 > 0): mode (b), which takes every
+    ion out, then computes another reaction than MP's voltage describes."""
+    from pymatgen.core import Composition
+
+    return np.array([Composition(f)[ion] > 0 for ion, f in zip(rows["working_ion"], rows["formula_charge"])], dtype=bool)
+
+
+def calibrate_mode_b(
+    models: Mapping[str, FamilyModel], dataset, inputs_a: DatasetInputs, features: pd.DataFrame, n_rows: int,
+    relax_settings: RelaxSettings = RelaxSettings(), seed: int = 0, n_workers: int | None = None,
+) -> int:
+    """Set each model's `mode_b_scale` from up to `n_rows` validation rows of random repeat 0 (the
+    split the registered models were fitted on, rows they never trained on) with x1 = 0, a seeded draw
+    over all ions, relaxed in mode (b) (cached, like every relaxation). Returns the rows used."""
+    from voltmodels.potentials.families import mode_b_scale
+
+    if n_rows <= 0:
+        return 0
+    rows = pd.concat([dataset.split(ion, "random", 0) for ion in dataset.ions], ignore_index=True)
+    rows = rows[(rows["split"] == "val") & ~holds_ion(rows)]
+    rows = rows.sample(n=min(n_rows, len(rows)), random_state=seed).sort_values("battery_id")
+    if rows.empty:
+        return 0
+    inputs_b = DatasetInputs(dataset, inputs_a.potential_name, "b", rows=rows, relax_settings=relax_settings, n_workers=n_workers)
+    X = features.loc[rows["id_discharge"]].to_numpy(np.float64)
+    ions, y = rows["working_ion"].to_numpy(), rows["average_voltage"].to_numpy(np.float64)
+    for model in models.values():
+        model.mode_b_scale = mode_b_scale(model, inputs_a(rows), inputs_b(rows), X, ions, y)
+    return int(np.isfinite(inputs_b(rows).v_uip).sum())

@@ -104,6 +104,9 @@ class FamilyModel:
     regressor: object | None = None  # uip_delta / uip_head: a fitted sklearn estimator
     fallback: dict[str, float] = field(default_factory=dict)  # ion -> train median, where V_uip is missing
     half_width: dict[str, float] = field(default_factory=dict)  # ion -> conformal 90 % half-width
+    #: Mode (b) rows get half_width x this (>= 1; `mode_b_scale`): their relaxed end members err more
+    #: than the given ones the half-widths were calibrated on. 1.0: not measured.
+    mode_b_scale: float = 1.0
 
     def predict(self, inputs: PotentialInputs, features: np.ndarray, ions: Sequence[str]) -> np.ndarray:
         v = inputs.v_uip.astype(np.float64)
@@ -122,9 +125,28 @@ class FamilyModel:
         out[missing] = [self.fallback.get(ion, np.nan) for ion in np.asarray(ions)[missing]]
         return out
 
-    def interval(self, ions: Sequence[str]) -> np.ndarray:
+    def interval(self, ions: Sequence[str], mode_b: Sequence[bool] | None = None) -> np.ndarray:
+        """90 % half-widths of rows of `ions`; rows where `mode_b` is true are widened by `mode_b_scale`."""
         pooled = self.half_width.get("*", np.nan)
-        return np.array([self.half_width.get(ion, pooled) for ion in ions])
+        half = np.array([self.half_width.get(ion, pooled) for ion in ions], dtype=np.float64)
+        return half if mode_b is None else np.where(np.asarray(mode_b, bool), half * self.mode_b_scale, half)
+
+
+def mode_b_scale(model: FamilyModel, inputs_a: PotentialInputs, inputs_b: PotentialInputs, features: np.ndarray, ions: Sequence[str], y: np.ndarray) -> float:
+    """How much wider a mode (b) interval must be: the 90 % quantile of |residual| with relaxed end
+    members over that with the given ones, on the same rows, floored at 1.
+
+    The rows must be ones the model never trained on (the validation rows) and whose MP charged state
+    holds no working ion (x1 = 0), so that mode (b) computes the reaction MP did. A ratio rather than a
+    quantile of its own: the per-ion half-widths keep their shape, and a few dozen relaxed rows suffice.
+    """
+    ra = y - model.predict(inputs_a, features, ions)
+    rb = y - model.predict(inputs_b, features, ions)
+    both = np.isfinite(inputs_a.v_uip) & np.isfinite(inputs_b.v_uip)
+    if both.sum() < 2:
+        return 1.0
+    qa, qb = np.quantile(np.abs(ra[both]), COVERAGE), np.quantile(np.abs(rb[both]), COVERAGE)
+    return float(max(1.0, qb / qa)) if qa > 0 else 1.0
 
 
 def delta_features(inputs: PotentialInputs, features: np.ndarray, ions: Sequence[str]) -> np.ndarray:

@@ -36,7 +36,7 @@ DEFAULT_REPEATS = {"quick": 1, "paper": 5}
 #: Electrodes per ion the quick profile uses (a seeded sample; its one-time energy cost is ~40 % of all).
 QUICK_MAX_ROWS_PER_ION = 150
 #: Validation electrodes relaxed in mode (b) to scale its interval (two relaxations each, ~20-80 s apiece).
-MODE_B_ROWS = {"quick": 4, "paper": 40}
+MODE_B_ROWS = {"quick": 12, "paper": 40}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fmax", type=float, default=RelaxSettings.fmax, help="mode (b) relaxation force threshold, eV/Å")
     p.add_argument("--max-steps", type=as_int, default=RelaxSettings.max_steps, help="mode (b) relaxation step cap")
     p.add_argument("--mode-b-rows", type=as_int, default=-1,
-                   help="validation electrodes relaxed in mode (b) to widen the served mode (b) interval (-1: quick 4, paper 40; 0: none)")
+                   help="validation electrodes relaxed in mode (b) to widen the served mode (b) interval (-1: quick 12, paper 40; 0: none)")
     p.add_argument("--register", default="true", choices=["true", "false"])
     p.add_argument("--n-workers", type=lambda v: int(float(v)), default=0, help="processes computing missing energies (0: one per CPU)")
     return p.parse_args(argv)

@@ -18,7 +18,7 @@ from voltmodels.config import VoltmodelsError
 from voltmodels.graphs.convert import parse_structure
 from voltmodels.potentials.cache import PotentialCache, RelaxRecord
 from voltmodels.potentials.compute import RelaxSettings, charged_host, relax_many, static_energies
-from voltmodels.potentials.families import FamilyModel, PotentialInputs, combine
+from voltmodels.potentials.families import FamilyModel, PotentialInputs, combine, mode_b_scale
 from voltmodels.potentials.references import metal_energy_per_atom
 from voltmodels.potentials.voltage import average_voltage, transfer_normalization
 
@@ -152,8 +152,6 @@ def calibrate_mode_b(
     """Set each model's `mode_b_scale` from up to `n_rows` validation rows of random repeat 0 (the
     split the registered models were fitted on, rows they never trained on) with x1 = 0, a seeded draw
     over all ions, relaxed in mode (b) (cached, like every relaxation). Returns the rows used."""
-    from voltmodels.potentials.families import mode_b_scale
-
     if n_rows <= 0:
         return 0
     rows = pd.concat([dataset.split(ion, "random", 0) for ion in dataset.ions], ignore_index=True)
@@ -161,9 +159,10 @@ def calibrate_mode_b(
     rows = rows.sample(n=min(n_rows, len(rows)), random_state=seed).sort_values("battery_id")
     if rows.empty:
         return 0
-    inputs_b = DatasetInputs(dataset, inputs_a.potential_name, "b", rows=rows, relax_settings=relax_settings, n_workers=n_workers)
+    given = inputs_a(rows)
+    relaxed = DatasetInputs(dataset, inputs_a.potential_name, "b", rows=rows, relax_settings=relax_settings, n_workers=n_workers)(rows)
     X = features.loc[rows["id_discharge"]].to_numpy(np.float64)
     ions, y = rows["working_ion"].to_numpy(), rows["average_voltage"].to_numpy(np.float64)
     for model in models.values():
-        model.mode_b_scale = mode_b_scale(model, inputs_a(rows), inputs_b(rows), X, ions, y)
-    return int(np.isfinite(inputs_b(rows).v_uip).sum())
+        model.mode_b_scale = mode_b_scale(model, given, relaxed, X, ions, y)
+    return int((np.isfinite(given.v_uip) & np.isfinite(relaxed.v_uip)).sum())

@@ -61,7 +61,10 @@ class PotentialPredictor:
             raise VoltmodelsError(f"{meta['registered_name']} was fitted with {meta['potential_key']}, but this environment has {potential_key(meta['potential'])}")
         self.meta = meta
         # A model logged before mode (b) intervals were scaled has no `mode_b_scale`: its intervals as they were.
-        self.model = FamilyModel(meta["family"], {k: tuple(v) for k, v in meta["recal"].items()}, regressor, meta["fallback"], meta["half_width"], meta.get("mode_b_scale", 1.0))
+        # One logged before the Delta model read the representation's change per charge moved reads without it.
+        self.model = FamilyModel(
+            meta["family"], {k: tuple(v) for k, v in meta["recal"].items()}, regressor, meta["fallback"], meta["half_width"], meta.get("mode_b_scale", 1.0), meta.get("delta_transfer", False)
+        )
         self.supported_ions = list(meta["ions"])
         self.relax_settings = RelaxSettings(**meta["relax_settings"])
         self.model_name = model_name or meta["registered_name"]
@@ -169,6 +172,7 @@ def family_metadata(model, *, potential: str, registered_name: str, ions, relax_
         "fallback": model.fallback,
         "half_width": model.half_width,
         "mode_b_scale": model.mode_b_scale,
+        "delta_transfer": model.delta_transfer,
         "relax_settings": asdict(relax_settings),
         "embedding_dims": embedding_dims,
         "feature_set_key": feature_set_key(),

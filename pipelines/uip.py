@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mode-b-rows", type=as_int, default=-1,
                    help="validation electrodes relaxed in mode (b) to widen the served mode (b) interval (-1: quick 12, paper 40; 0: none)")
     p.add_argument("--register", default="true", choices=["true", "false"])
-    p.add_argument("--n-workers", type=lambda v: int(float(v)), default=0, help="processes computing missing energies (0: one per CPU)")
+    p.add_argument("--n-workers", type=lambda v: int(float(v)), default=0, help="processes computing missing energies and fitting the splits (0: one per CPU)")
     return p.parse_args(argv)
 
 
@@ -110,7 +110,7 @@ def main(argv=None) -> str:
             n_missing = int((~np.isfinite(inputs.inputs.v_uip)).sum())
             mlflow.log_metrics({f"{tag}_energies_seconds": time.perf_counter() - started, f"{tag}_rows_without_voltage": n_missing})
             print(f"[uip] {potential}: zero-shot voltages for {len(inputs.position) - n_missing} of {len(inputs.position)} electrodes")
-            records, predictions, final = evaluate(dataset, inputs, features, families, strategies, n_repeats, seed=args.seed)
+            records, predictions, final = evaluate(dataset, inputs, features, families, strategies, n_repeats, seed=args.seed, n_jobs=args.n_workers or os.cpu_count())
             records.insert(0, "potential", potential)
             all_records.append(records)
             with tempfile.TemporaryDirectory() as tmp:

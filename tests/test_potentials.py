@@ -250,6 +250,20 @@ def test_families_fit_and_calibrate(subset_dataset):
     assert conformal_half_width(np.array([0.1, 0.2])) == float("inf")
 
 
+def test_splits_fitted_in_worker_processes_equal_the_serial_fits(subset_dataset):
+    from voltmodels import baselines as bl
+    from voltmodels.potentials.electrodes import DatasetInputs
+    from voltmodels.potentials.families import evaluate
+
+    inputs, features = DatasetInputs(subset_dataset, "sevennet-0", "a"), bl.dataset_features(subset_dataset)
+    serial = evaluate(subset_dataset, inputs, features, ("uip_recal", "uip_head"), ("random", "framework"), 1, log=None)
+    parallel = evaluate(subset_dataset, inputs, features, ("uip_recal", "uip_head"), ("random", "framework"), 1, log=None, n_jobs=2)
+    columns = ["ion", "split", "repeat", "method", "test_mae", "val_mae", "test_coverage"]
+    pd.testing.assert_frame_equal(serial[0][columns], parallel[0][columns])
+    pd.testing.assert_frame_equal(serial[1], parallel[1])
+    assert serial[2]["uip_head"].half_width == pytest.approx(parallel[2]["uip_head"].half_width)
+
+
 def test_framework_calibration_folds_hide_an_ions_host_as_the_split_does():
     """The framework split holds out an ion's frameworks while other ions may train on the same host
     (on the curated data, 76-91 % of the Mg, Ca, Zn and Al test rows); the calibration folds must group

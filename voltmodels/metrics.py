@@ -68,22 +68,41 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def over_repeated_splits(strategies, n_repeats: int, evaluate_split) -> tuple[list, list, dict]:
+def over_repeated_splits(strategies, n_repeats: int, evaluate_split, n_jobs: int = 1) -> tuple[list, list, dict]:
     """Run `evaluate_split(strategy, repeat) -> (records, predictions, models)` on every repeat of
-    every strategy; the models of random repeat 0 (fitted for it even when `strategies` lacks
-    "random") are the ones the fit steps register. Returns (records, predictions, those models)."""
+    every strategy, in `n_jobs` worker processes when more than 1; the models of random repeat 0
+    (fitted for it even when `strategies` lacks "random") are the ones the fit steps register.
+    Returns (records, predictions, those models), in the order of the splits either way."""
     records, predictions, final = [], [], {}
     plan = [(s, k) for s in strategies for k in range(n_repeats)]
     if ("random", 0) not in plan:
         plan.insert(0, ("random", 0))
-    for strategy, repeat in plan:
-        split_records, split_predictions, models = evaluate_split(strategy, repeat)
+    if n_jobs > 1 and len(plan) > 1:
+        from joblib import Parallel, delayed
+
+        results = Parallel(n_jobs=min(n_jobs, len(plan)))(delayed(_split_in_worker)(evaluate_split, strategy, repeat) for strategy, repeat in plan)
+    else:
+        results = (evaluate_split(strategy, repeat) for strategy, repeat in plan)
+    for (strategy, repeat), (split_records, split_predictions, models) in zip(plan, results):
         if (strategy, repeat) == ("random", 0):
             final.update(models)
         if strategy in strategies:
             records += split_records
             predictions += split_predictions
     return records, predictions, final
+
+
+def _split_in_worker(evaluate_split, strategy: str, repeat: int):
+    """One split in a worker process: its numeric pools on one thread each (unpinned, the boosted
+    trees' OpenMP pools of two workers on 2 cores stall each other), ended with the run that asked."""
+    from threadpoolctl import threadpool_limits
+
+    from voltmodels.config import exit_with_parent, set_torch_threads
+
+    exit_with_parent()
+    set_torch_threads(1)
+    with threadpool_limits(1):
+        return evaluate_split(strategy, repeat)
 
 
 def with_selected_rows(records: pd.DataFrame, candidates, label: str) -> pd.DataFrame:

@@ -302,16 +302,19 @@ def evaluate(
     ions: Sequence[str] | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
+    n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, FamilyModel]]:
     """Records (ion, split, repeat, method, metrics, coverage), repeat-0 val/test predictions, and the
-    models of random repeat 0 (fitted on its train rows, calibrated on its val rows: what gets registered).
+    models of random repeat 0 (fitted and cross-conformally calibrated on its train rows: what gets registered).
+    The splits are fitted in `n_jobs` worker processes (the Delta model's cross-conformal refits are
+    minutes per split).
 
     Repeat k of strategy s uses `dataset.split(ion, s, k)` for every ion, the same rows as the CGCNN
     and the baselines; the pooled families train on the union of every ion's train rows.
     """
     ions = list(ions or dataset.ions)
     records, predictions, final = over_repeated_splits(
-        strategies, n_repeats, lambda strategy, repeat: evaluate_split(dataset, inputs_of, features, families, strategy, repeat, ions, seed, log)
+        strategies, n_repeats, lambda strategy, repeat: evaluate_split(dataset, inputs_of, features, families, strategy, repeat, ions, seed, log), n_jobs
     )
     return pd.DataFrame(records), (pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()), final
 

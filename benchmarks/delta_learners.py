@@ -48,14 +48,11 @@ def _prepared(potential: str, dataset_ref: str):
 def score_splits(splits: list[tuple[str, int]], potential: str, dataset_ref: str) -> list[dict]:
     """One worker's share of the splits, on one thread: the data is loaded once, then each split is scored.
     (A worker gets its share in one call: a cache in this script's module would not outlive a task.)"""
-    from threadpoolctl import threadpool_limits
+    from voltmodels.config import pinned_threads
 
-    from voltmodels.config import set_torch_threads
-
-    set_torch_threads(1)
-    threadpool_limits(1)  # the boosted trees' OpenMP pool: one thread per worker, as in `evaluate`
-    prepared = _prepared(potential, dataset_ref)
-    return [record for strategy, repeat in splits for record in score_split(strategy, repeat, *prepared)]
+    with pinned_threads(1):  # one thread per worker, as in `evaluate`
+        prepared = _prepared(potential, dataset_ref)
+        return [record for strategy, repeat in splits for record in score_split(strategy, repeat, *prepared)]
 
 
 def score_split(strategy: str, repeat: int, dataset, inputs_of, all_features) -> list[dict]:

@@ -224,19 +224,22 @@ def test_families_fit_and_calibrate(subset_dataset):
     assert np.allclose(loaded.predict(X), regressor.predict(X))
     # It reads the representation's change per charge moved; a model logged before that input existed
     # (no `delta_transfer` in its family JSON) is served with the columns it was fitted on.
-    without = delta_features(inputs(rows), features.loc[rows["id_discharge"]].to_numpy(np.float64), rows["working_ion"].to_numpy(), transfer=False)
-    assert X.shape[1] == without.shape[1] + inputs(rows).transfer.shape[1] > without.shape[1]
+    row_inputs, row_ions = inputs(rows), rows["working_ion"].to_numpy()
+    row_features = features.loc[rows["id_discharge"]].to_numpy(np.float64)
+    without = delta_features(row_inputs, row_features, row_ions, transfer=False)
+    assert X.shape[1] == without.shape[1] + row_inputs.transfer.shape[1] > without.shape[1]
     assert final["uip_delta"].delta_transfer and regressor.n_features_in_ == X.shape[1]
     from serving.potential_model import PotentialPredictor, family_metadata
     from voltmodels.potentials.compute import RelaxSettings
     from voltmodels.potentials.families import fit_family
 
     train = subset_dataset.table.head(60)
-    old = fit_family("uip_delta", inputs(train), features.loc[train["id_discharge"]].to_numpy(np.float64), train["working_ion"].to_numpy(), train["average_voltage"].to_numpy(), seed=0)
+    train_inputs, train_ions, y = inputs(train), train["working_ion"].to_numpy(), train["average_voltage"].to_numpy()
+    train_features = features.loc[train["id_discharge"]].to_numpy(np.float64)
+    old = fit_family("uip_delta", train_inputs, train_features, train_ions, y, seed=0)
     old.delta_transfer = False
-    known = np.isfinite(inputs(train).v_uip)
-    old_layout = delta_features(inputs(train), features.loc[train["id_discharge"]].to_numpy(np.float64), train["working_ion"].to_numpy(), transfer=False)
-    old.regressor.fit(old_layout[known], (train["average_voltage"].to_numpy() - inputs(train).v_uip)[known])
+    known = np.isfinite(train_inputs.v_uip)
+    old.regressor.fit(delta_features(train_inputs, train_features, train_ions, transfer=False)[known], (y - train_inputs.v_uip)[known])
     with tempfile.TemporaryDirectory() as tmp:
         meta = family_metadata(old, potential="sevennet-0", registered_name="voltage-uip-Li", ions=["Li"], relax_settings=RelaxSettings(), embedding_dims={}, metrics={})
         del meta["delta_transfer"]
@@ -244,7 +247,7 @@ def test_families_fit_and_calibrate(subset_dataset):
         (Path(tmp) / "family.json").write_text(json.dumps(meta))
         served = PotentialPredictor(Path(tmp) / "family.json", Path(tmp) / "old.skops").model
     assert served.delta_transfer is False
-    assert np.allclose(served.predict(inputs(rows), features.loc[rows["id_discharge"]].to_numpy(np.float64), rows["working_ion"].to_numpy()), old.predict(inputs(rows), features.loc[rows["id_discharge"]].to_numpy(np.float64), rows["working_ion"].to_numpy()))
+    assert np.allclose(served.predict(row_inputs, row_features, row_ions), old.predict(row_inputs, row_features, row_ions))
     # The conformal quantile: with n residuals, the ceil((n + 1) 0.9)-th smallest; too few -> infinite.
     assert conformal_half_width(np.arange(1.0, 20.0)) == 18.0
     assert conformal_half_width(np.array([0.1, 0.2])) == float("inf")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 SNAPSHOT_ENV = "VOLTMODELS_SNAPSHOT"
@@ -81,6 +82,17 @@ def set_torch_threads(n: int | None = None) -> None:
             set_interop(1)
     except RuntimeError:  # may only be set once per process, before any parallel work
         pass
+
+
+@contextmanager
+def pinned_threads(n: int | None = None):
+    """Torch's pools and the OpenMP / BLAS ones (gradient boosting, numpy) at `n` threads inside the
+    block: unpinned, parallel workers on 2 cores stall each other 10-100x."""
+    from threadpoolctl import threadpool_limits
+
+    set_torch_threads(n)
+    with threadpool_limits(n or 1):
+        yield
 
 
 _watcher_pid = 0  # the process whose watcher thread runs (threads do not survive a fork)

@@ -95,13 +95,10 @@ def over_repeated_splits(strategies, n_repeats: int, evaluate_split, n_jobs: int
 def _split_in_worker(evaluate_split, strategy: str, repeat: int):
     """One split in a worker process: its numeric pools on one thread each (unpinned, the boosted
     trees' OpenMP pools of two workers on 2 cores stall each other), ended with the run that asked."""
-    from threadpoolctl import threadpool_limits
-
-    from voltmodels.config import exit_with_parent, set_torch_threads
+    from voltmodels.config import exit_with_parent, pinned_threads
 
     exit_with_parent()
-    set_torch_threads(1)
-    with threadpool_limits(1):
+    with pinned_threads(1):
         return evaluate_split(strategy, repeat)
 
 

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, exit_with_parent, set_torch_threads
+from voltmodels.config import SUPPORTED_IONS, VoltmodelsError, exit_with_parent, pinned_threads
 from voltmodels.data.curation import SPLIT_STRATEGIES
 from voltmodels.metrics import cgcnn_interval, regression_metrics, repeat_std
 
@@ -209,12 +209,8 @@ def run_task_safely(spec: StudySpec, task: Task) -> tuple[Task, list[dict], str]
 
 def run_task(spec: StudySpec, task: Task) -> list[dict]:
     """One task's records (JSON-ready dicts with RECORD_COLUMNS and whatever else its kind reports)."""
-    from threadpoolctl import threadpool_limits
-
-    set_torch_threads(spec.torch_threads)
     started = time.perf_counter()
-    # OpenMP / BLAS pools (gradient boosting, numpy) too: unpinned, parallel workers stall each other ~10x.
-    with threadpool_limits(spec.torch_threads):
+    with pinned_threads(spec.torch_threads):
         records = {"li": _li, "transfer": _transfer, "baselines": _baselines, "uip": _uip, "multi": _multi}[task.kind](spec, task)
     base = {c: np.nan for c in RECORD_COLUMNS}
     out = []

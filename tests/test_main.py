@@ -100,3 +100,27 @@ def test_source_version_follows_the_code_not_the_docs(tmp_path):
     assert changed != first
     assert commit("MLproject", "name: x\n") != changed
     assert source_version(tmp_path / "nowhere") is None  # not a git checkout: nothing is reused
+
+
+def test_mlproject_commands_hand_each_parameter_to_its_pipeline_unchanged():
+    """MLflow shell-quotes every parameter value itself, so a placeholder the MLproject also wraps in
+    quotes reaches the pipeline with the quotes in it (an empty `methods` became the text ''). Build
+    each entry point's command as `mlflow run` does and parse it with the pipeline's own arguments."""
+    import importlib
+    import shlex
+    from pathlib import Path
+
+    from mlflow.projects._project_spec import load_project
+
+    project = load_project(str(Path(__file__).resolve().parent.parent))
+    given = {"evaluate": {"methods": "uip=uip,uip_delta; li=cgcnn", "master": "local[2]"}, "screen": {"master": "spark://host:7077"}}
+    for name, entry_point in project._entry_points.items():
+        required = {key: f"a {key}.parquet" for key, parameter in entry_point.parameters.items() if parameter.default is None}
+        given[name] = {**required, **given.get(name, {})}
+        tokens = shlex.split(entry_point.compute_command(given[name], None))
+        assert tokens[:2] == ["python", "-m"], name
+        args = importlib.import_module(tokens[2]).parse_args(tokens[3:])
+        for key, parameter in entry_point.parameters.items():
+            expected = given[name].get(key, parameter.default)
+            if parameter.type == "string" and hasattr(args, key):
+                assert str(getattr(args, key)) == str(expected), (name, key, getattr(args, key))

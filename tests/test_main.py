@@ -110,9 +110,8 @@ def test_mlproject_commands_hand_each_parameter_to_its_pipeline_unchanged():
     import shlex
     from pathlib import Path
 
-    from mlflow.projects._project_spec import load_project
-
     import yaml
+    from mlflow.projects._project_spec import load_project
 
     root = Path(__file__).resolve().parent.parent
     project = load_project(str(root))

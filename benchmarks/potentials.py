@@ -2,6 +2,7 @@
 
     python benchmarks/potentials.py --run --profile paper --potential sevennet-0,chgnet   # run `uip`, then print
     python benchmarks/potentials.py                                                      # print the latest uip run
+    python benchmarks/potentials.py --evaluate RUN_ID                                    # the tables of an `evaluate` run
     python benchmarks/potentials.py --mode-b 12                                          # + mode (b) on 12 test electrodes per ion
     python benchmarks/potentials.py --served models:/voltage-predictor@champion          # what a served model achieves
     python benchmarks/potentials.py --cost 100 --potential sevennet-0,sevennet-l3i5      # energy cost, same structures
@@ -82,6 +83,13 @@ def mae_table(records: pd.DataFrame, split: str) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values(["potential", "family"], key=lambda c: c.map({f: i for i, f in enumerate(FAMILY_ORDER)}) if c.name == "family" else c)
+
+
+def print_mae_tables(records: pd.DataFrame) -> None:
+    for split in ("random", "framework"):
+        if (records["split"] == split).any():
+            print(f"\n### {split} split: test MAE (V), mean ± std over repeats, mode (a)\n")
+            print(markdown(mae_table(records, split)))
 
 
 def provenance_table(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -232,8 +240,15 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--served", default="", help="also: test MAE of this registered model (e.g. models:/voltage-predictor@champion) on random split 0")
     p.add_argument("--cost", type=int, default=0, help="only: time each potential's static energies on this many structures, from an empty cache")
+    p.add_argument("--evaluate", default="", metavar="RUN_ID", help="only: the MAE tables of the potential families of this `evaluate` run (its results/records.csv)")
     args = p.parse_args(argv)
     setup_tracking()
+    if args.evaluate:
+        run = mlflow.get_run(args.evaluate)
+        records = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/results/records.csv")))
+        print(f"evaluate run {run.info.run_id} (its machine: the run's results/tables.md)")
+        print_mae_tables(records[records["kind"] == "uip"])
+        return
     if args.cost:
         print(machine_line())
         print(f"\n### static energies of the same {args.cost} structures, each potential from an empty cache\n")
@@ -252,10 +267,7 @@ def main(argv=None) -> None:
     predictions = load_csvs(run, "_predictions_repeat0.csv")
     print(machine_line())
     print(f"uip run {run.info.run_id}, dataset {run.data.tags.get('dataset_digest')}, {records['repeat'].nunique()} repeats per split")
-    for split in ("random", "framework"):
-        if (records["split"] == split).any():
-            print(f"\n### {split} split: test MAE (V), mean ± std over repeats, mode (a)\n")
-            print(markdown(mae_table(records, split)))
+    print_mae_tables(records)
     print("\n### random split repeat 0: mean |error| (V) and rows by id source\n")
     print(provenance_table(predictions).to_string())
     from voltmodels.data.dataset import load_dataset

@@ -245,7 +245,7 @@ def main(argv=None) -> None:
     setup_tracking()
     if args.evaluate:
         run = mlflow.get_run(args.evaluate)
-        records = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/results/records.csv")))
+        records = load_csvs(run, "records.csv")
         print(f"evaluate run {run.info.run_id} (its machine: the run's results/tables.md)")
         print_mae_tables(records[records["kind"] == "uip"])
         return
